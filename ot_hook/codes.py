@@ -1,0 +1,137 @@
+"""Order Time's ActionType and RecordType codes, with where each one comes from.
+
+Pure data and lookups: no I/O, nothing heavy imported, so `decode` and the receiver's log
+lines can use it cheaply. The sources are described in ../shared/DESIGN.md section 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+Kind = Literal["action", "record"]
+
+
+class Source(StrEnum):
+    DOCUMENTED = "documented"  # on Order Time's enums or webhook help page
+    UNCONFIRMED = "unconfirmed"  # seen in a public receiver, not documented
+    OLDER = "older"  # from older lists and public code, still seen in deliveries
+    USER = "user"  # added by the user's own codes file
+
+
+@dataclass(frozen=True)
+class Code:
+    kind: Kind
+    code: int
+    name: str
+    source: Source
+
+
+def _table(kind: Kind, source: Source, entries: dict[int, str]) -> dict[int, Code]:
+    return {code: Code(kind, code, name, source) for code, name in entries.items()}
+
+
+ACTIONS: dict[int, Code] = {
+    # The webhook page documents only Change Status; the others were seen in a public
+    # receiver. The Audit Trail report also shows "Login", whose code nobody has published.
+    **_table("action", Source.UNCONFIRMED, {1: "Create", 2: "Modify", 3: "Delete"}),
+    **_table("action", Source.DOCUMENTED, {4: "Change Status"}),
+}
+
+RECORDS: dict[int, Code] = {
+    **_table(
+        "record",
+        Source.DOCUMENTED,
+        {
+            1: "Adjustment",
+            2: "Receiver",
+            3: "Work Order",
+            4: "Ship Doc",
+            5: "Transfer",
+            6: "Purchase Order",
+            7: "Sales Order",
+            8: "Vendor Return",
+            9: "Disassembly",
+            10: "Customer Return",
+            13: "Quote",
+            101: "Part Item",
+            102: "Kit Item",
+            103: "Non Part Item",
+            105: "Service Item",
+            107: "Assembly Item",
+            108: "Other Charge Item",
+            115: "Item All",
+            120: "Customer",
+            121: "Customer Address",
+            122: "Contact",
+            130: "Vendor",
+            150: "Location",
+            151: "Bin",
+            160: "UOM",
+            162: "UOM Set",
+            170: "Currency",
+            180: "Item Group",
+            190: "Term",
+            200: "Payment Method",
+            220: "Manufacturer",
+            230: "Related Items",
+            250: "Ship Method",
+            260: "FOB",
+            270: "Discount",
+            280: "Price Level",
+            282: "Price Level Item Price",
+            300: "Customer Type",
+            310: "Item Vendor",
+            320: "Sales Tax Code",
+            330: "Customer Alias",
+            350: "Account",
+            370: "Sales Rep",
+            380: "Class",
+            385: "Order Source",
+            390: "Tax Item",
+            500: "Lead",
+            510: "Lead Status",
+            610: "Warranty Type",
+            630: "Doc Status",
+            660: "Payment",
+            850: "Kit Component",
+            860: "Kit Selection",
+            1000: "Sales Order Line Item",
+            1010: "Attachment",
+            1040: "Purchase Order Line Item",
+            1054: "Task",
+            1060: "Item Image",
+            1070: "Ship Doc Line Item",
+            1080: "Receiver Line Item",
+            1090: "Adjustment Line Item",
+            1095: "Transfer Line Item",
+            1100: "Lot or Serial Number",
+        },
+    ),
+    **_table(
+        "record",
+        Source.OLDER,
+        {
+            100: "Item",
+            284: "Volume Price Level Detail",
+            1110: "Inventory",
+            1111: "Inventory Status by Item",
+            1112: "Inventory Status by Location",
+            2600: "Item Transaction",
+            2610: "On Order Detail",
+            2620: "Required Detail",
+            3080: "Item Bar code",
+        },
+    ),
+}
+
+
+def action_name(code: int) -> str | None:
+    entry = ACTIONS.get(code)
+    return entry.name if entry else None
+
+
+def record_name(code: int) -> str | None:
+    entry = RECORDS.get(code)
+    return entry.name if entry else None

@@ -1,0 +1,218 @@
+"""The Audit Trail object: parse a delivery's bytes, validate it, and say what is odd about it.
+
+Liberal in what it accepts (any content type, a BOM, extra fields, odd dates become warnings),
+exact in what it refuses: bad JSON is a `BadJSON` (HTTP 400), JSON that is not an Audit Trail
+object is a `NotAnEvent` (HTTP 422). Both carry a one-line reason that is safe to show.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ot_hook import codes
+
+REQUIRED_INT_FIELDS = ("Id", "ActionType", "RecordType")
+KNOWN_FIELDS = frozenset(
+    {"Id", "ActionType", "RecordType", "UniqueId", "Description", "Username", "ActionDate"}
+)
+# SQLite keeps integers in 64 bits; an Id beyond that cannot be indexed for duplicates.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Python refuses to turn longer digit strings into int; say so plainly instead.
+MAX_INT_DIGITS = 4300
+
+# .NET writes UTC with 0 to 7 fractional digits and "Z"; accept an explicit offset too.
+ACTION_DATE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,7})?(Z|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_action_date(text: str) -> datetime | None:
+    """The moment an ActionDate names, or None when it is not the ISO 8601 we expect."""
+    match = ACTION_DATE.match(text)
+    if not match:
+        return None
+    # datetime takes at most 6 fractional digits; a 7th (.NET ticks) only adds 100 ns.
+    fraction = (match.group(1) or "")[:7]
+    offset = match.group(2).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text[:19] + fraction + offset)
+    except ValueError:  # a month 13, a 25th hour
+        return None
+
+
+class InvalidDelivery(ValueError):
+    """A delivery we refuse; `status` is the HTTP status to answer with."""
+
+    status = 400
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadJSON(InvalidDelivery):
+    status = 400
+
+
+class NotAnEvent(InvalidDelivery):
+    status = 422
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """The fields of a valid Audit Trail object, with the object itself as it arrived."""
+
+    id: int
+    action_type: int
+    record_type: int
+    unique_id: int | str
+    description: str | None
+    username: str | None
+    action_date: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    warnings: tuple[str, ...] = ()
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadJSON(f"invalid JSON: {name} is not a JSON number")
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise NotAnEvent(f"a number with {len(text)} digits is too long")
+    return int(text)
+
+
+def decode_text(body: bytes) -> str:
+    """UTF-8 with or without a byte order mark; anything else is a `BadJSON`."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        body = body[3:]
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadJSON(f"body is not valid UTF-8 (byte {exc.start})") from None
+
+
+def loads(text: str) -> Any:
+    """Strict JSON: no NaN or Infinity, no key twice, bounded nesting and number size."""
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+        )
+    except json.JSONDecodeError as exc:
+        raise BadJSON(
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    except _DuplicateKey as exc:
+        raise NotAnEvent(f"key {json.dumps(str(exc))} appears more than once") from None
+    except RecursionError:
+        raise BadJSON("invalid JSON: nested too deeply") from None
+
+
+def parse_body(body: bytes) -> AuditEvent:
+    """Parse a delivery's raw bytes into a validated event, or raise `InvalidDelivery`."""
+    if not body.strip():
+        raise BadJSON("empty body: expected one Audit Trail JSON object")
+    return validate(loads(decode_text(body)))
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def validate(obj: Any) -> AuditEvent:
+    """Check that a parsed JSON value is an Audit Trail object; collect warnings for oddities."""
+    if isinstance(obj, list):
+        raise NotAnEvent(
+            f"expected one Audit Trail object, got an array of {len(obj)} items"
+        )
+    if not isinstance(obj, dict):
+        raise NotAnEvent(f"expected an Audit Trail object, got {_type_name(obj)}")
+    ints: dict[str, int] = {}
+    for name in REQUIRED_INT_FIELDS:
+        if name not in obj:
+            raise NotAnEvent(f"field {name} is missing")
+        value = obj[name]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise NotAnEvent(f"field {name} must be an integer, got {_type_name(value)}")
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise NotAnEvent(f"field {name} is out of range")
+        ints[name] = value
+    if "UniqueId" not in obj:
+        raise NotAnEvent("field UniqueId is missing")
+    unique_id = obj["UniqueId"]
+    if isinstance(unique_id, bool) or not isinstance(unique_id, (int, float, str)):
+        raise NotAnEvent(
+            f"field UniqueId must be a number or a string, got {_type_name(unique_id)}"
+        )
+    if isinstance(unique_id, float):
+        unique_id = str(unique_id)
+
+    warnings: list[str] = []
+    if codes.action_name(ints["ActionType"]) is None:
+        warnings.append(f"unknown ActionType {ints['ActionType']}")
+    if codes.record_name(ints["RecordType"]) is None:
+        warnings.append(f"unknown RecordType {ints['RecordType']}")
+    texts: dict[str, str | None] = {}
+    for name in ("Description", "Username", "ActionDate"):
+        value = obj.get(name)
+        if name not in obj:
+            warnings.append(f"{name} is missing")
+        elif value is None:
+            warnings.append(f"{name} is null")
+        elif not isinstance(value, str):
+            warnings.append(f"{name} is a {_type_name(value)}, expected a string")
+            value = json.dumps(value)
+        elif value == "":
+            warnings.append(f"{name} is empty")
+        texts[name] = value
+    action_date = texts["ActionDate"]
+    if action_date and parse_action_date(action_date) is None:
+        warnings.append(
+            "ActionDate is not ISO 8601 with 0 to 7 fractional digits and Z or an offset"
+        )
+    extra = sorted(set(obj) - KNOWN_FIELDS)
+    if extra:
+        warnings.append("extra fields: " + ", ".join(extra))
+
+    return AuditEvent(
+        id=ints["Id"],
+        action_type=ints["ActionType"],
+        record_type=ints["RecordType"],
+        unique_id=unique_id,
+        description=texts["Description"],
+        username=texts["Username"],
+        action_date=action_date,
+        raw=obj,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,344 @@
+"""The durable store of deliveries: SQLite in WAL mode, one writer, many readers.
+
+The receiver hands each delivery to `Store.save`, which a single writer thread commits together
+with whatever else is waiting (group commit: one fsync for many deliveries) before the answer
+goes out. Readers (`tail`, tests) open the file read-only and keep their transactions short so
+that checkpoints can run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ot_hook.events import AuditEvent
+
+Outcome = Literal["accepted", "duplicate", "rejected"]
+OUTCOMES: tuple[Outcome, ...] = ("accepted", "duplicate", "rejected")
+
+# Each entry brings a store from the version before it to its own; never edit a released one.
+MIGRATIONS: dict[int, str] = {
+    1: """
+        CREATE TABLE deliveries (
+            row           INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at   TEXT NOT NULL,     -- UTC, ISO 8601 with microseconds and Z
+            outcome       TEXT NOT NULL CHECK (outcome IN ('accepted', 'duplicate', 'rejected')),
+            http_status   INTEGER NOT NULL,
+            reason        TEXT,
+            warnings      TEXT NOT NULL,     -- JSON array of strings
+            duplicate_of  INTEGER,
+            remote        TEXT,
+            method        TEXT NOT NULL,
+            target        TEXT NOT NULL,     -- path and query string as requested
+            content_type  TEXT,
+            headers       TEXT NOT NULL,     -- JSON array of [name, value], secrets left out
+            body          BLOB NOT NULL,     -- the bytes as received (the first max-body bytes)
+            body_size     INTEGER NOT NULL,  -- how many bytes arrived, also when truncated
+            event_id      INTEGER,
+            action_type   INTEGER,
+            record_type   INTEGER,
+            unique_id     TEXT,
+            description   TEXT,
+            username      TEXT,
+            action_date   TEXT
+        );
+        -- Duplicates are found here, not in memory; the partial index keeps it small.
+        CREATE INDEX deliveries_accepted_event_id ON deliveries (event_id)
+            WHERE outcome = 'accepted';
+        CREATE INDEX deliveries_received_at ON deliveries (received_at);
+    """,
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written; the message is one line for the user."""
+
+
+class StoreUnavailable(StoreError):
+    """A write failed (disk full, read-only file...): the receiver answers 503."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One request on the delivery path, as the receiver saw it, ready to be stored."""
+
+    received_at: str
+    method: str
+    target: str
+    remote: str | None
+    content_type: str | None
+    headers: Sequence[tuple[str, str]]
+    body: bytes
+    body_size: int
+    http_status: int
+    event: AuditEvent | None = None  # None means rejected
+    reason: str | None = None
+    warnings: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Saved:
+    row: int
+    outcome: Outcome
+    duplicate_of: int | None
+
+
+@dataclass(frozen=True)
+class StoredDelivery:
+    """A row of the store, as readers see it."""
+
+    row: int
+    received_at: str
+    outcome: Outcome
+    http_status: int
+    reason: str | None
+    warnings: list[str]
+    duplicate_of: int | None
+    remote: str | None
+    method: str
+    target: str
+    content_type: str | None
+    headers: list[tuple[str, str]]
+    body: bytes
+    body_size: int
+    event_id: int | None
+    action_type: int | None
+    record_type: int | None
+    unique_id: str | None
+    description: str | None
+    username: str | None
+    action_date: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> StoredDelivery:
+        values = dict(row)
+        values["warnings"] = json.loads(values["warnings"])
+        values["headers"] = [tuple(pair) for pair in json.loads(values["headers"])]
+        return cls(**values)
+
+
+COLUMNS = ", ".join(f.name for f in StoredDelivery.__dataclass_fields__.values())
+
+
+def create_private_file(path: Path) -> None:
+    """Make sure `path` exists with mode 0600 before anything else writes to it."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    with contextlib.suppress(OSError):  # a file owned by another user keeps its mode
+        os.chmod(path, 0o600)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} was written by a newer ot-hook (store version {version}, "
+            f"this one knows {SCHEMA_VERSION}); upgrade ot-hook"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        # One script, one transaction: a crash mid-migration leaves the old version intact.
+        conn.executescript(
+            f"BEGIN IMMEDIATE; {MIGRATIONS[target]}; PRAGMA user_version = {target}; COMMIT;"
+        )
+
+
+def open_for_writing(path: Path, *, max_pages: int | None = None) -> sqlite3.Connection:
+    """A connection that may write: WAL, synchronous=FULL, schema brought up to date."""
+    try:
+        create_private_file(path)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit survives power loss too, not only a crash of this process.
+        conn.execute("PRAGMA synchronous = FULL")
+        if max_pages is not None:
+            conn.execute(f"PRAGMA max_page_count = {int(max_pages)}")
+        _migrate(conn, path)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store {path}: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"cannot open the store {path}: {exc.strerror}") from None
+    return conn
+
+
+def open_for_reading(path: Path) -> sqlite3.Connection:
+    """A read-only connection; each query is its own short transaction."""
+    if not path.exists():
+        raise StoreError(f"no store at {path} yet")
+    try:
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 5000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the store {path}: {exc}") from None
+    if version == 0:
+        raise StoreError(f"the store {path} is not set up yet")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer ot-hook; upgrade ot-hook")
+    return conn
+
+
+@dataclass
+class _Pending:
+    delivery: Delivery
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Saved]
+
+
+@dataclass
+class Store:
+    """The writing side of the store, shared by every request of one receiver."""
+
+    path: Path
+    max_pages: int | None = None
+    max_batch: int = 1000
+    _conn: sqlite3.Connection | None = field(default=None, init=False, repr=False)
+    _queue: queue.SimpleQueue[_Pending | None] = field(
+        default_factory=queue.SimpleQueue, init=False, repr=False
+    )
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+
+    def open(self) -> None:
+        self._conn = open_for_writing(self.path, max_pages=self.max_pages)
+        self._thread = threading.Thread(target=self._run, name="ot-hook-store", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Write everything queued so far, then stop the writer and close the file."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def save(self, delivery: Delivery) -> Saved:
+        """Commit `delivery` durably and say how it was stored; raises `StoreUnavailable`."""
+        if self._thread is None:
+            raise StoreUnavailable("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Saved] = loop.create_future()
+        self._queue.put(_Pending(delivery, loop, future))
+        return await future
+
+    # The writer thread: take everything waiting, commit it in one transaction, answer each.
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                results: list[Saved] | StoreUnavailable = self._write(batch)
+            except sqlite3.Error as exc:
+                results = StoreUnavailable(f"cannot write the store {self.path}: {exc}")
+            for index, pending in enumerate(batch):
+                outcome = results if isinstance(results, Exception) else results[index]
+                pending.loop.call_soon_threadsafe(_settle, pending.future, outcome)
+            if stop:
+                return
+
+    def _write(self, batch: list[_Pending]) -> list[Saved]:
+        conn = self._conn
+        assert conn is not None
+        saved: list[Saved] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for pending in batch:
+                saved.append(_insert(conn, pending.delivery))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return saved
+
+
+def _settle(future: asyncio.Future[Saved], outcome: Saved | StoreUnavailable) -> None:
+    if future.done():  # the request went away; the row is stored all the same
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _insert(conn: sqlite3.Connection, d: Delivery) -> Saved:
+    event = d.event
+    outcome: Outcome = "rejected" if event is None else "accepted"
+    duplicate_of: int | None = None
+    if event is not None:
+        earlier = conn.execute(
+            "SELECT row FROM deliveries WHERE event_id = ? AND outcome = 'accepted' LIMIT 1",
+            (event.id,),
+        ).fetchone()
+        if earlier is not None:
+            outcome, duplicate_of = "duplicate", earlier[0]
+    cursor = conn.execute(
+        """INSERT INTO deliveries (received_at, outcome, http_status, reason, warnings,
+               duplicate_of, remote, method, target, content_type, headers, body, body_size,
+               event_id, action_type, record_type, unique_id, description, username, action_date)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            d.received_at, outcome, d.http_status, d.reason, json.dumps(list(d.warnings)),
+            duplicate_of, d.remote, d.method, d.target, d.content_type,
+            json.dumps([list(pair) for pair in d.headers]), d.body, d.body_size,
+            event.id if event else None,
+            event.action_type if event else None,
+            event.record_type if event else None,
+            str(event.unique_id) if event else None,
+            event.description if event else None,
+            event.username if event else None,
+            event.action_date if event else None,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return Saved(cursor.lastrowid, outcome, duplicate_of)
+
+
+def read_rows(
+    conn: sqlite3.Connection, where: str = "", params: Sequence[Any] = (), *,
+    order: str = "row", limit: int | None = None,
+) -> list[StoredDelivery]:
+    """Rows matching a SQL condition, fetched at once so the read transaction ends here."""
+    sql = f"SELECT {COLUMNS} FROM deliveries"
+    if where:
+        sql += f" WHERE {where}"
+    sql += f" ORDER BY {order}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return [StoredDelivery.from_row(r) for r in conn.execute(sql, tuple(params)).fetchall()]
+
+
+def iter_all(path: Path) -> Iterator[StoredDelivery]:
+    """Every stored delivery in arrival order (for tests and small stores)."""
+    conn = open_for_reading(path)
+    try:
+        yield from read_rows(conn)
+    finally:
+        conn.close()
