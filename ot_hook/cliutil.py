@@ -1,0 +1,68 @@
+"""What every command shares: the option types users meet everywhere, and one-line errors.
+
+Kept free of aiohttp and trustme so that `decode`, `tail` and `--help` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from ot_hook.exitcodes import ExitCode
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="OT_HOOK_HOME",
+        help="State directory (CA, store, serve.json). Default: the per-user app directory.",
+        show_default=False,
+        file_okay=False,
+    ),
+]
+UserOption = Annotated[
+    str | None,
+    typer.Option("--user", "-u", envvar="OT_HOOK_USER", help="Basic Auth user name."),
+]
+PasswordOption = Annotated[
+    str | None,
+    typer.Option(
+        "--password",
+        envvar="OT_HOOK_PASSWORD",
+        help="Basic Auth password. Prefer OT_HOOK_PASSWORD or --password-file: "
+        "a password on the command line is visible in the process list.",
+        show_envvar=True,
+    ),
+]
+PasswordFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--password-file",
+        help="Read the password from the first line of this file.",
+        dir_okay=False,
+    ),
+]
+
+
+def resolve_home(option: Path | None) -> Path:
+    from ot_hook.home import default_home
+
+    return (option or default_home()).expanduser()
+
+
+def error(message: str) -> None:
+    """One line on stderr, prefixed with the program name."""
+    print(f"ot-hook: error: {message}", file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
+    error(message)
+    raise typer.Exit(int(code))
+
+
+def no_color() -> bool:
+    return bool(os.environ.get("NO_COLOR"))

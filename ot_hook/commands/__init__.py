@@ -1,0 +1,1 @@
+"""One module per command: each parses its options and calls library code, nothing more."""

@@ -1,0 +1,103 @@
+"""`ot-hook serve`: the HTTPS receiver."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ot_hook.cliutil import HomeOption, PasswordFileOption, PasswordOption, UserOption, fail
+from ot_hook.exitcodes import ExitCode
+
+EPILOG = """Examples:
+
+  OT_HOOK_USER=demo OT_HOOK_PASSWORD=s3cret ot-hook serve
+
+  ot-hook serve --port 0 --home ./state      (a free port, a state directory of its own)
+
+  ot-hook serve --status-code 500 --delay 2  (see how a sender copes with a slow, failing endpoint)
+"""
+
+
+def serve(
+    user: UserOption = None,
+    password: PasswordOption = None,
+    password_file: PasswordFileOption = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; ::1 for IPv6 loopback, 0.0.0.0 for all.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on; 0 picks a free one.")
+    ] = 8443,
+    path: Annotated[str, typer.Option(help="The URL path deliveries are POSTed to.")] = "/",
+    max_body: Annotated[
+        int, typer.Option(min=1, help="Largest body accepted, in bytes; larger gets 413.")
+    ] = 1024 * 1024,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hostname",
+            help="Extra name or address for the certificate (repeatable).",
+        ),
+    ] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(help="Serve this certificate (PEM chain) instead of the local CA's.",
+                     dir_okay=False),
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="The private key for --cert (PEM).", dir_okay=False)
+    ] = None,
+    key_type: Annotated[
+        str | None,
+        typer.Option(
+            "--key-type",
+            help="ecdsa or rsa (for older TLS stacks). A new state directory gets ecdsa; "
+            "an existing one keeps its CA's type unless told otherwise.",
+            show_default=False,
+        ),
+    ] = None,
+    home: HomeOption = None,
+    status_code: Annotated[
+        int,
+        typer.Option(min=100, max=599, help="Answer accepted deliveries with this status "
+                     "(they are still stored)."),
+    ] = 200,
+    delay: Annotated[
+        float, typer.Option(min=0.0, help="Seconds to wait before answering a delivery.")
+    ] = 0.0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No line per request; only the banner.")
+    ] = False,
+    loop: Annotated[
+        str, typer.Option(help="Event loop: auto (uvloop when installed), asyncio or uvloop.")
+    ] = "auto",
+) -> None:
+    """Receive Order Time deliveries over HTTPS, with Basic Auth, and store every one."""
+    from ot_hook import certs, credentials, store
+    from ot_hook import home as state
+    from ot_hook import serve as serving
+
+    try:
+        key_kind = certs.KeyType(key_type.lower()) if key_type else None
+    except ValueError:
+        fail(f"--key-type must be ecdsa or rsa, not {key_type!r}", ExitCode.USAGE)
+    if loop not in ("auto", "asyncio", "uvloop"):
+        fail(f"--loop must be auto, asyncio or uvloop, not {loop!r}", ExitCode.USAGE)
+    from ot_hook.cliutil import resolve_home
+
+    options = serving.ServeOptions(
+        home=resolve_home(home), user=user, password=password, password_file=password_file,
+        host=host, port=port, path=path, max_body=max_body, hostnames=tuple(hostname or ()),
+        cert=cert, key=key, key_type=key_kind, status_code=status_code, delay=delay,
+        quiet=quiet, loop=loop,  # type: ignore[arg-type]
+    )
+    try:
+        serving.run(options, sys.stderr)
+    except (serving.ServeError, certs.CertError, credentials.CredentialsError,
+            state.HomeError, store.StoreError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:  # Windows, where signals do not reach the loop
+        pass

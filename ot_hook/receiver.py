@@ -1,0 +1,257 @@
+"""The receiver's aiohttp application: Basic Auth, the body read within a size cap, validation,
+the durable store, and the answer (which goes out only after the store has committed).
+
+`create_app(store, credentials, ...)` builds it; `ot_hook.serve` runs it behind TLS, and the
+tests run it on an ephemeral loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from ot_hook import codes
+from ot_hook.events import AuditEvent, BadJSON, InvalidDelivery, parse_body
+from ot_hook.store import Delivery, Saved, Store, StoreUnavailable
+from ot_hook.textsafe import printable
+
+DEFAULT_MAX_BODY = 1024 * 1024
+REALM_HEADER = 'Basic realm="ot-hook", charset="UTF-8"'
+# Header names that may carry a secret are never stored, whatever their value.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+SECRET_WORDS = ("token", "secret", "password", "api-key", "apikey", "signature")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a sender must present, kept as UTF-8 bytes and compared in constant time."""
+
+    user: bytes
+    password: bytes
+
+    @classmethod
+    def of(cls, user: str, password: str) -> Credentials:
+        return cls(user.encode(), password.encode())
+
+    def accept(self, authorization: str | None) -> bool:
+        if not authorization:
+            return False
+        scheme, _, encoded = authorization.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True)
+        except ValueError:
+            return False
+        # Split at the first colon only: the password may contain colons.
+        user, sep, password = decoded.partition(b":")
+        user_ok = hmac.compare_digest(user, self.user)
+        password_ok = hmac.compare_digest(password, self.password)
+        return bool(sep) and user_ok and password_ok
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What the request log line says about one request (never a secret)."""
+
+    status: int
+    outcome: str  # accepted, duplicate, rejected, unauthorized, not found...
+    remote: str | None
+    size: int
+    millis: float
+    event: AuditEvent | None = None
+    row: int | None = None
+    reason: str | None = None
+
+
+RequestLogger = Callable[[RequestRecord], None]
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    path: str = "/"
+    max_body: int = DEFAULT_MAX_BODY
+    status_code: int = 200  # what accepted and duplicate deliveries are answered with
+    delay: float = 0.0  # seconds to wait before answering, after the delivery is stored
+
+
+STORE_KEY = web.AppKey("store", Store)
+CREDENTIALS_KEY = web.AppKey("credentials", Credentials)
+CONFIG_KEY = web.AppKey("config", ReceiverConfig)
+LOGGER_KEY: web.AppKey[RequestLogger] = web.AppKey("logger")
+
+
+def create_app(
+    store: Store,
+    credentials: Credentials,
+    config: ReceiverConfig | None = None,
+    logger: RequestLogger | None = None,
+) -> web.Application:
+    """The receiver application. `store` must already be open; the app does not close it."""
+    config = config or ReceiverConfig()
+    app = web.Application(middlewares=[_log_refused])
+    app[STORE_KEY] = store
+    app[CREDENTIALS_KEY] = credentials
+    app[CONFIG_KEY] = config
+    app[LOGGER_KEY] = logger or (lambda record: None)
+    app.router.add_route("*", config.path, _delivery)
+    return app
+
+
+def _text(status: int, message: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=message + "\n", headers=headers)
+
+
+@web.middleware
+async def _log_refused(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """Requests the delivery handler never sees (other paths) are logged, never stored."""
+    started = time.perf_counter()
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        request.app[LOGGER_KEY](
+            RequestRecord(
+                exc.status, exc.reason.lower(), request.remote, 0,
+                (time.perf_counter() - started) * 1000,
+            )
+        )
+        raise
+
+
+async def _delivery(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    received_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    app = request.app
+    log = app[LOGGER_KEY]
+
+    def refused(status: int, outcome: str, response: web.StreamResponse) -> web.StreamResponse:
+        log(RequestRecord(status, outcome, request.remote, 0,
+                          (time.perf_counter() - started) * 1000))
+        return response
+
+    if request.method != "POST":
+        return refused(405, "method not allowed", web.Response(
+            status=405, text="Send the Audit Trail object with POST.\n",
+            headers={"Allow": "POST"},
+        ))
+    if not app[CREDENTIALS_KEY].accept(request.headers.get("Authorization")):
+        # Never echo or keep what was offered: this request is logged, not stored.
+        return refused(401, "unauthorized", _text(
+            401, "Authentication required.", **{"WWW-Authenticate": REALM_HEADER}
+        ))
+
+    config = app[CONFIG_KEY]
+    body, body_size, read_error = await _read_body(request, config.max_body)
+    event: AuditEvent | None = None
+    status, reason = config.status_code, None
+    warnings: tuple[str, ...] = ()
+    if read_error is not None:
+        status, reason = read_error
+    else:
+        try:
+            event = parse_body(body)
+            warnings = event.warnings
+        except InvalidDelivery as exc:
+            status, reason = exc.status, exc.reason
+
+    delivery = Delivery(
+        received_at=received_at,
+        method=request.method,
+        target=request.path_qs,
+        remote=request.remote,
+        content_type=request.headers.get("Content-Type"),
+        headers=safe_headers(request),
+        body=body,
+        body_size=body_size,
+        http_status=status,
+        event=event,
+        reason=reason,
+        warnings=warnings,
+    )
+    try:
+        saved = await app[STORE_KEY].save(delivery)
+    except StoreUnavailable:
+        # Never a 2xx for what is not stored; the serve log says why the store failed.
+        log(RequestRecord(503, "unavailable", request.remote, body_size,
+                          (time.perf_counter() - started) * 1000, event))
+        return _text(503, "The receiver cannot store deliveries right now; try again.",
+                     **{"Retry-After": "5"})
+    if config.delay > 0 and event is not None:
+        await asyncio.sleep(config.delay)
+    log(RequestRecord(status, saved.outcome, request.remote, body_size,
+                      (time.perf_counter() - started) * 1000, event, saved.row, reason))
+    return _text(status, _answer(saved, reason))
+
+
+def _answer(saved: Saved, reason: str | None) -> str:
+    if saved.outcome == "rejected":
+        return f"Rejected (stored as row {saved.row}): {reason}"
+    if saved.outcome == "duplicate":
+        return f"Duplicate of row {saved.duplicate_of} (stored as row {saved.row})."
+    return f"Accepted (stored as row {saved.row})."
+
+
+async def _read_body(
+    request: web.Request, max_body: int
+) -> tuple[bytes, int, tuple[int, str] | None]:
+    """Read at most `max_body` bytes (after any Content-Encoding is undone) and keep them.
+
+    Returns the bytes kept, how many arrived, and (status, reason) when the body is refused.
+    Reading stops just past the cap, so an endless or decompressing body cannot fill memory.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= max_body:
+            chunk = await request.content.read(max_body + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (HttpProcessingError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        # A body shorter than its Content-Length, broken chunking or gzip: keep what came.
+        reason = f"the body could not be read after {size} bytes: {exc.__class__.__name__}"
+        return b"".join(chunks), size, (400, reason)
+    body = b"".join(chunks)
+    if size > max_body:
+        declared = request.content_length
+        more = f" (Content-Length {declared})" if declared is not None else ""
+        return body[:max_body], size, (
+            413, f"body larger than the limit of {max_body} bytes{more}; the first "
+            f"{max_body} bytes are kept",
+        )
+    return body, size, None
+
+
+def safe_headers(request: web.Request) -> list[tuple[str, str]]:
+    """The request headers that can be kept and shown: never Authorization, Cookie or the like."""
+    kept = []
+    for name, value in request.headers.items():
+        lowered = name.lower()
+        if lowered in SECRET_HEADERS or any(word in lowered for word in SECRET_WORDS):
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def describe(event: AuditEvent | None) -> str:
+    """Id, decoded action and record, and UniqueId, for a log line."""
+    if event is None:
+        return ""
+    action = codes.action_name(event.action_type) or f"ActionType {event.action_type}"
+    record = codes.record_name(event.record_type) or f"RecordType {event.record_type}"
+    return printable(f"Id {event.id} {action} {record} {event.unique_id}")
+
+
+__all__ = ["BadJSON", "Credentials", "ReceiverConfig", "RequestRecord", "create_app"]

@@ -1,0 +1,81 @@
+"""The receiver's status lines on stderr: the banner, then one line per request.
+
+Lines are handed to a writer thread through a bounded queue, so a slow or stopped terminal
+never blocks the event loop: when the queue is full, lines are dropped and counted, and the
+count is reported as soon as the writer catches up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from datetime import datetime
+from typing import TextIO
+
+from ot_hook.receiver import RequestRecord, describe
+
+QUEUE_LINES = 10_000
+
+
+class StatusLog:
+    def __init__(self, stream: TextIO, *, quiet: bool = False) -> None:
+        self._stream = stream
+        self._quiet = quiet
+        self._queue: queue.Queue[str | None] = queue.Queue(QUEUE_LINES)
+        self._dropped = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="ot-hook-log", daemon=True)
+        self._thread.start()
+
+    def line(self, text: str) -> None:
+        """Queue a status line; never blocks."""
+        try:
+            self._queue.put_nowait(text)
+        except queue.Full:
+            with self._lock:
+                self._dropped += 1
+
+    def request(self, record: RequestRecord) -> None:
+        if not self._quiet:
+            self.line(format_request(record))
+
+    def plain_http(self, remote: str | None) -> None:
+        if not self._quiet:
+            self.line(f"{_now()} 400 plain HTTP from {remote or '?'} (told to use HTTPS)")
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            text = self._queue.get()
+            if text is None:
+                return
+            with self._lock:
+                dropped, self._dropped = self._dropped, 0
+            with contextlib.suppress(OSError, ValueError):  # a closed stderr loses only lines
+                if dropped:
+                    self._stream.write(f"({dropped} log lines dropped: stderr was too slow)\n")
+                self._stream.write(text + "\n")
+                self._stream.flush()
+
+
+def _now() -> str:
+    return datetime.now().strftime("%H:%M:%S")
+
+
+def format_request(record: RequestRecord) -> str:
+    parts = [_now(), str(record.status), f"{record.outcome:<9}"]
+    if record.event is not None:
+        parts.append(describe(record.event))
+    if record.row is not None:
+        parts.append(f"row {record.row}")
+    if record.reason:
+        parts.append(f"({record.reason})")
+    if record.outcome not in ("accepted", "duplicate"):
+        parts.append(f"from {record.remote or '?'}")
+    parts.append(f"{record.size} B {record.millis:.1f} ms")
+    return " ".join(parts)

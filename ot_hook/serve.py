@@ -1,0 +1,272 @@
+"""Running the receiver: state directory, lock, certificates, store, TLS site, banner, signals.
+
+`run(options, stderr)` is what `ot-hook serve` calls. It returns when SIGINT or SIGTERM asks it
+to stop, after in-flight deliveries are committed and answered and the port is free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import os
+import shlex
+import signal
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, TextIO
+
+from aiohttp import web
+
+from ot_hook import __version__, certs, credentials, home
+from ot_hook.listener import PeekingTLSSite, bind
+from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, create_app
+from ot_hook.requestlog import StatusLog
+from ot_hook.store import Store
+
+LoopChoice = Literal["auto", "asyncio", "uvloop"]
+SHUTDOWN_TIMEOUT = 3.0  # in-flight deliveries get this long to finish after a stop request
+KEEPALIVE_TIMEOUT = 75.0
+SAMPLE = (
+    '{"Id": 1947, "ActionType": 4, "RecordType": 7, "UniqueId": 890, '
+    '"Description": "Status Changed to Approved", "Username": "Jimmy Hendrix", '
+    '"ActionDate": "2020-12-08T22:13:42.8181534Z"}'
+)
+
+
+class ServeError(Exception):
+    """serve cannot start; the message is one line with a hint."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    home: Path
+    user: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8443
+    path: str = "/"
+    max_body: int = DEFAULT_MAX_BODY
+    hostnames: tuple[str, ...] = ()
+    cert: Path | None = None
+    key: Path | None = None
+    key_type: certs.KeyType | None = None
+    status_code: int = 200
+    delay: float = 0.0
+    quiet: bool = False
+    loop: LoopChoice = "auto"
+    max_store_pages: int | None = field(default=None, repr=False)  # to simulate a full disk
+
+
+def url_for(host: str, port: int, path: str) -> str:
+    """The https URL a client uses; IPv6 literals in brackets, wildcards as loopback."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"https://{shown}:{port}{path}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Receiver:
+    """A running receiver, as an async context manager: entering starts everything `serve`
+    needs (lock, credentials, certificates, store, TLS site, serve.json, banner); leaving stops
+    accepting, lets deliveries in flight finish and commit, and frees the port.
+
+    Raises ServeError (and HomeError, CertError, CredentialsError, StoreError) with a one-line
+    message when it cannot start.
+    """
+
+    def __init__(self, options: ServeOptions, stderr: TextIO) -> None:
+        self.options = options
+        self._stderr = stderr
+        self._exit = contextlib.ExitStack()
+        self._runner: web.AppRunner | None = None
+        self.state = options.home
+        self.url = ""
+        self.port = 0
+        self.ca_path: Path | None = None
+        self.user = ""
+
+    async def __aenter__(self) -> Receiver:
+        try:
+            self._start_blocking_parts()
+            await self._start_site()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    def _start_blocking_parts(self) -> None:
+        options = self.options
+        if not options.path.startswith("/"):
+            raise ServeError(f"--path must start with '/', got {options.path!r}")
+        if (options.cert is None) != (options.key is None):
+            raise ServeError("--cert and --key go together: give both, or neither")
+        self.state = state = home.ensure_home(options.home)
+        self._exit.enter_context(home.serve_lock(state))
+        self.creds = credentials.for_serve(
+            options.user, options.password, options.password_file, state
+        )
+        self.user = self.creds.user
+        self.local_ca: certs.LocalCA | None = None
+        if options.cert is not None and options.key is not None:
+            self.context = certs.server_context(options.cert, options.key)
+        else:
+            self.local_ca = certs.load_or_create_ca(state, options.key_type)
+            self.ca_path = state / home.CA_CERT
+            self.context = certs.server_context(
+                certs.issue_leaf(state, self.local_ca, options.hostnames)
+            )
+        self.store = Store(state / home.STORE, max_pages=options.max_store_pages)
+        self.store.open()
+        self._exit.callback(self.store.close)
+        self.log = StatusLog(self._stderr, quiet=options.quiet)
+        self._exit.callback(self.log.close)
+
+    async def _start_site(self) -> None:
+        options = self.options
+        try:
+            sock = bind(options.host, options.port)
+        except OSError as exc:
+            raise ServeError(_bind_error(options.host, options.port, exc)) from None
+        self.port = sock.getsockname()[1]
+        self.url = url_for(options.host, self.port, options.path)
+        app = create_app(
+            self.store,
+            Credentials.of(self.creds.user, self.creds.password),
+            ReceiverConfig(options.path, options.max_body, options.status_code, options.delay),
+            logger=self.log.request,
+        )
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
+        await self._runner.setup()
+        site = PeekingTLSSite(self._runner, sock, self.context, self.url,
+                              on_plain_http=self.log.plain_http)
+        await site.start()
+        home.write_serve_info(
+            self.state,
+            home.ServeInfo(
+                url=self.url, host=options.host, port=self.port, pid=os.getpid(),
+                user=self.creds.user, ca=str(self.ca_path) if self.ca_path else None,
+                started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            ),
+        )
+        self._exit.callback(home.remove_serve_info, self.state, os.getpid())
+        self.log.line(banner(options, self.state, self.url, self.creds, self.local_ca,
+                             self.ca_path))
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._runner is not None:
+                await self._runner.cleanup()  # stop accepting, finish in-flight requests
+                self._runner = None
+        finally:
+            self._exit.close()  # serve.json, store (commits what is queued), log, lock
+
+
+def run(options: ServeOptions, stderr: TextIO) -> None:
+    """Serve until SIGINT or SIGTERM asks to stop; return once everything is stored."""
+
+    async def serve_until_stopped() -> None:
+        async with Receiver(options, stderr) as receiver:
+            await _stop_requested()
+            receiver.log.line("Stopping: finishing deliveries in flight...")
+        print("Stopped.", file=stderr, flush=True)
+
+    with _event_loop(options.loop) as runner:
+        runner.run(serve_until_stopped())
+
+
+async def _stop_requested() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows: Ctrl-C raises
+            loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+def _event_loop(choice: LoopChoice) -> asyncio.Runner:
+    """uvloop where it is installed (it makes the receiver faster), unless told otherwise."""
+    if choice == "asyncio":
+        return asyncio.Runner()
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ServeError("--loop uvloop: uvloop is not installed on this platform") from None
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use; stop what uses it, or pass "
+            "--port 0 to pick a free one"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: no such address on this machine"
+    if exc.errno == errno.EACCES:
+        return f"not allowed to listen on port {port}; ports below 1024 need privileges"
+    if isinstance(exc, OSError) and exc.errno is None:  # socket.gaierror and the like
+        return f"cannot listen on {host}: {exc.strerror or exc}"
+    return f"cannot listen on {host} port {port}: {exc.strerror or exc}"
+
+
+def banner(
+    options: ServeOptions,
+    state: Path,
+    url: str,
+    creds: credentials.ResolvedCredentials,
+    local_ca: certs.LocalCA | None,
+    ca_path: Path | None,
+) -> str:
+    lines = [f"ot-hook {__version__}: receiving Order Time deliveries"]
+    lines.append(f"  URL          {url}")
+    lines.append(f"  user         {creds.user}")
+    if creds.generated:
+        lines.append(f"  password     {creds.password}   (generated, shown once; kept in "
+                     f"{state / home.PASSWORD})")
+    elif options.password is None and options.password_file is None:
+        lines.append(f"  password     kept in {state / home.PASSWORD}")
+    else:
+        lines.append("  password     as given")
+    if local_ca is not None and ca_path is not None:
+        if local_ca.replaced is not None:
+            lines.append(
+                f"  NOTE         made a new {local_ca.key_type.value.upper()} CA in place of "
+                f"the {local_ca.replaced.value.upper()} one: clients must trust it again"
+            )
+        elif local_ca.created:
+            lines.append(f"  NOTE         made a new {local_ca.key_type.value.upper()} local CA")
+        lines.append(f"  trust        {ca_path}")
+        lines.append(f"  fingerprint  SHA-256 {certs.fingerprint(ca_path)}")
+    else:
+        lines.append(f"  certificate  {options.cert}")
+    lines.append(f"  store        {state / home.STORE}")
+    curl = ["curl"]
+    if ca_path is not None:
+        curl += ["--cacert", str(ca_path)]
+    curl += ["-u", f"{creds.user}:****", "-H", "Content-Type: application/json",
+             "--data-binary", SAMPLE, url]
+    lines.append("  try          " + " ".join(shlex.quote(part) for part in curl))
+    lines.append("               (put the password in place of ****)")
+    if not is_loopback(options.host):
+        lines.append(f"  WARNING      listening on {options.host}: other machines can reach this "
+                     "receiver")
+    lines.append("Press Ctrl-C to stop.")
+    return "\n".join(lines)

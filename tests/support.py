@@ -1,0 +1,129 @@
+"""Helpers the tests share: a real receiver on an ephemeral loopback port, real TLS clients,
+and the store read back from disk."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ot_hook import home, store
+from ot_hook.serve import Receiver, ServeOptions
+
+USER, PASSWORD = "demo", "s3cret"
+SAMPLE = (
+    b'{"Id": 1947, "ActionType": 4, "RecordType": 7, "UniqueId": 890, '
+    b'"Description": "Status Changed to Approved", "Username": "Jimmy Hendrix", '
+    b'"ActionDate": "2020-12-08T22:13:42.8181534Z"}'
+)
+
+
+def sample(event_id: int = 1947, **fields: Any) -> bytes:
+    obj = json.loads(SAMPLE)
+    obj["Id"] = event_id
+    obj.update(fields)
+    return json.dumps(obj).encode()
+
+
+def options(state: Path, **overrides: Any) -> ServeOptions:
+    base = ServeOptions(home=state, user=USER, password=PASSWORD, port=0, quiet=True)
+    return replace(base, **overrides)
+
+
+@asynccontextmanager
+async def running(state: Path, **overrides: Any) -> AsyncIterator[Receiver]:
+    """The real receiver (TLS site, store, serve.json) on 127.0.0.1 and a free port."""
+    async with Receiver(options(state, **overrides), io.StringIO()) as receiver:
+        yield receiver
+
+
+def trusting(ca_path: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_path) if ca_path else None)
+    return context
+
+
+def basic(user: str = USER, password: str = PASSWORD) -> str:
+    return aiohttp.encode_basic_auth(user, password)
+
+
+@dataclass
+class Answer:
+    status: int
+    text: str
+    headers: dict[str, str]
+
+
+async def post(
+    receiver: Receiver,
+    body: bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    auth: str | None = None,
+    method: str = "POST",
+    path: str | None = None,
+) -> Answer:
+    """One request to the receiver over verified TLS, with the test credentials by default."""
+    sent = {"Authorization": auth if auth is not None else basic()}
+    sent.update(headers or {})
+    if not sent["Authorization"]:
+        del sent["Authorization"]
+    url = receiver.url if path is None else receiver.url.rstrip("/") + path
+    connector = aiohttp.TCPConnector(ssl=trusting(receiver.ca_path))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.request(method, url, data=body, headers=sent) as response,
+    ):
+        return Answer(response.status, await response.text(), dict(response.headers))
+
+
+def stored(state: Path) -> list[store.StoredDelivery]:
+    return list(store.iter_all(state / home.STORE))
+
+
+# A receiver in a subprocess, as a user runs it --------------------------------------------
+
+
+def ot_hook_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ot_hook", *args]
+
+
+@dataclass
+class ServeProcess:
+    process: subprocess.Popen[str]
+    info: home.ServeInfo
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_serve(state: Path, *args: str, env: dict[str, str] | None = None) -> ServeProcess:
+    """Start `ot-hook serve --port 0` and wait for its serve.json (its URL and port)."""
+    full_env = {**os.environ, "OT_HOOK_USER": USER, "OT_HOOK_PASSWORD": PASSWORD, **(env or {})}
+    full_env.pop("NO_COLOR", None)
+    process = subprocess.Popen(
+        ot_hook_command("serve", "--home", str(state), "--port", "0", *args),
+        env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        info = home.read_serve_info(state)
+        if info is not None and info.pid == process.pid:
+            return ServeProcess(process, info)
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited {process.returncode}: {process.stderr.read()}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("serve did not write serve.json in 30 s")
