@@ -100,12 +100,13 @@ def fingerprint(cert_path: Path) -> str:
 
 def server_context(cert_file: Path, key_file: Path | None = None) -> ssl.SSLContext:
     """A server TLS context (TLS 1.2 at least) presenting the given certificate chain."""
+    for path in (cert_file, key_file):
+        if path is not None and not path.is_file():
+            raise CertError(f"cannot read {path}: no such file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert_file, key_file)
-    except FileNotFoundError as exc:
-        raise CertError(f"cannot read {exc.filename}: no such file") from None
     except (ssl.SSLError, OSError) as exc:
         raise CertError(
             f"cannot use the certificate {cert_file}"

@@ -103,10 +103,22 @@ def ot_hook_command(*args: str) -> list[str]:
 class ServeProcess:
     process: subprocess.Popen[str]
     info: home.ServeInfo
+    stderr: str = ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        self.process.send_signal(sig)
-        return self.process.wait(timeout)
+        """Signal the receiver, collect its stderr and return its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 10) -> int:
+        try:
+            _, self.stderr = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise
+        return self.process.returncode
 
 
 def start_serve(state: Path, *args: str, env: dict[str, str] | None = None) -> ServeProcess:
@@ -123,7 +135,9 @@ def start_serve(state: Path, *args: str, env: dict[str, str] | None = None) -> S
         if info is not None and info.pid == process.pid:
             return ServeProcess(process, info)
         if process.poll() is not None:
-            raise AssertionError(f"serve exited {process.returncode}: {process.stderr.read()}")
+            _, err = process.communicate()
+            raise AssertionError(f"serve exited {process.returncode}: {err}")
         time.sleep(0.05)
     process.kill()
+    process.communicate()
     raise AssertionError("serve did not write serve.json in 30 s")

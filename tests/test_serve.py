@@ -1,0 +1,266 @@
+"""`ot-hook serve` as a user runs it: certificates, state directory, curl, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import trustme
+
+from ot_hook import certs, home
+from ot_hook.listener import bind
+from ot_hook.serve import Receiver, ServeError, url_for
+from tests.support import (
+    PASSWORD,
+    SAMPLE,
+    USER,
+    basic,
+    options,
+    post,
+    running,
+    sample,
+    start_serve,
+    stored,
+)
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-sS", "--max-time", "10", *args],
+                          capture_output=True, text=True, timeout=20)
+
+
+async def test_state_directory_holds_the_promised_files_privately(state: Path) -> None:
+    async with running(state) as receiver:
+        info = home.read_serve_info(state)
+        assert info is not None
+        assert (info.url, info.port, info.pid) == (receiver.url, receiver.port, os.getpid())
+        assert info.ca == str(state / "ca.pem")
+    for name in ("ca.pem", "ca-key.pem", "server.pem", "events.db"):
+        assert (state / name).exists(), name
+    for private in ("ca-key.pem", "server.pem", "events.db"):
+        assert stat.S_IMODE((state / private).stat().st_mode) == 0o600, private
+    assert not (state / "serve.json").exists(), "serve.json names only a running receiver"
+
+
+async def test_the_ca_is_reused_across_restarts(state: Path) -> None:
+    async with running(state) as first:
+        assert (await post(first, sample(1))).status == 200
+    ca_before = (state / "ca.pem").read_bytes()
+    async with running(state) as second:
+        assert (state / "ca.pem").read_bytes() == ca_before
+        assert (await post(second, sample(2))).status == 200  # trusted with the same ca.pem
+    assert len(stored(state)) == 2
+
+
+async def test_key_type_is_kept_unless_another_is_asked_for(state: Path) -> None:
+    async with running(state, key_type=certs.KeyType.RSA) as receiver:
+        assert receiver.local_ca is not None and receiver.local_ca.created
+        assert (await post(receiver, SAMPLE)).status == 200
+    rsa_ca = (state / "ca.pem").read_bytes()
+    async with running(state) as receiver:  # no --key-type: the RSA CA stays
+        assert receiver.local_ca is not None and not receiver.local_ca.created
+        assert receiver.local_ca.key_type is certs.KeyType.RSA
+    assert (state / "ca.pem").read_bytes() == rsa_ca
+    async with running(state, key_type=certs.KeyType.ECDSA) as receiver:
+        assert receiver.local_ca is not None
+        assert receiver.local_ca.replaced is certs.KeyType.RSA
+        assert (await post(receiver, SAMPLE)).status == 200
+    assert (state / "ca.pem").read_bytes() != rsa_ca
+
+
+async def test_leaf_covers_loopback_names_and_extra_hostnames(state: Path) -> None:
+    async with running(state, hostnames=("ordertime.test",)) as receiver:
+        context = ssl.create_default_context(cafile=str(state / "ca.pem"))
+        for name in ("localhost", "127.0.0.1", "ordertime.test"):
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", receiver.port, ssl=context, server_hostname=name
+            )
+            writer.close()
+            await writer.wait_closed()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.open_connection("127.0.0.1", receiver.port, ssl=context,
+                                          server_hostname="elsewhere.test")
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+async def test_tls_below_1_2_is_refused(receiver: Receiver, state: Path) -> None:
+    assert receiver.context.minimum_version == ssl.TLSVersion.TLSv1_2
+    context = ssl.create_default_context(cafile=str(state / "ca.pem"))
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await asyncio.open_connection("127.0.0.1", receiver.port, ssl=context,
+                                      server_hostname="localhost")
+
+
+async def test_own_certificate_and_key_are_served(tmp_path: Path, state: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "their-ca.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    ca.cert_pem.write_to_path(str(ca_file))
+    async with running(state, cert=cert, key=key) as receiver:
+        assert receiver.ca_path is None
+        receiver.ca_path = ca_file  # the test client trusts their CA, not ours
+        assert (await post(receiver, SAMPLE)).status == 200
+    assert not (state / "ca.pem").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"cert": Path("/nonexistent/cert.pem"), "key": Path("/nonexistent/key.pem")},
+         "cannot read /nonexistent/cert.pem"),
+        ({"cert": Path("/nonexistent/cert.pem")}, "--cert and --key go together"),
+        ({"path": "hook"}, "--path must start with '/'"),
+    ],
+)
+async def test_bad_options_fail_with_one_line(
+    state: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(Exception, match=message) as info:
+        async with Receiver(options(state, **overrides), io.StringIO()):
+            pass
+    assert "\n" not in str(info.value)
+
+
+async def test_a_port_in_use_gets_a_hint(state: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        in_use = f"port {port} on 127.0.0.1 is already in use.*--port 0"
+        with pytest.raises(ServeError, match=in_use):
+            async with Receiver(options(state, port=port), io.StringIO()):
+                pass
+    assert home.read_serve_info(state) is None
+
+
+async def test_a_second_serve_on_the_same_home_is_refused(state: Path) -> None:
+    async with running(state) as first:
+        with pytest.raises(home.AlreadyRunning, match=f"pid {os.getpid()}, {first.url}"):
+            async with running(state):
+                pass
+        assert (await post(first, SAMPLE)).status == 200
+
+
+async def test_without_credentials_a_password_is_generated_and_kept(state: Path) -> None:
+    async with running(state, user=None, password=None) as receiver:
+        assert receiver.creds.generated
+        generated = receiver.creds.password
+        answer = await post(receiver, SAMPLE, auth=basic(home.DEFAULT_USER, generated))
+        assert answer.status == 200
+    assert stat.S_IMODE((state / "password").stat().st_mode) == 0o600
+    async with running(state, user=None, password=None) as again:
+        assert not again.creds.generated
+        assert again.creds.password == generated
+
+
+async def test_banner_names_url_ca_fingerprint_and_curl_but_not_the_password(state: Path) -> None:
+    err = io.StringIO()
+    async with Receiver(options(state, password="hunter2-secret"), err) as receiver:
+        pass
+    banner = err.getvalue()
+    assert receiver.url in banner
+    assert str(state / "ca.pem") in banner
+    assert certs.fingerprint(state / "ca.pem") in banner
+    assert f"curl --cacert {state / 'ca.pem'} -u 'demo:****'" in banner
+    assert "hunter2-secret" not in banner
+
+
+def test_url_for_brackets_ipv6_and_shows_wildcards_as_loopback() -> None:
+    assert url_for("::1", 8443, "/") == "https://[::1]:8443/"
+    assert url_for("0.0.0.0", 1, "/hook") == "https://127.0.0.1:1/hook"
+    assert url_for("::", 2, "/") == "https://[::1]:2/"
+
+
+# As a subprocess, the way a user runs it ---------------------------------------------------
+
+
+@needs_curl
+def test_curl_with_cacert_succeeds_and_plain_curl_fails_verification(state: Path) -> None:
+    served = start_serve(state)
+    try:
+        url = served.info.url
+        ok = curl("--cacert", str(state / "ca.pem"), "-u", f"{USER}:{PASSWORD}",
+                  "--data-binary", SAMPLE.decode(), url)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.startswith("Accepted")
+        refused = curl("-u", f"{USER}:{PASSWORD}", "--data-binary", SAMPLE.decode(), url)
+        assert refused.returncode == 60, refused  # curl: peer certificate cannot be verified
+        plain = curl("-u", f"{USER}:{PASSWORD}", "--data-binary", "{}",
+                     url.replace("https://", "http://"))
+        assert "speaks HTTPS only" in plain.stdout
+        assert url in plain.stdout
+    finally:
+        assert served.stop() == 0
+    [row] = stored(state)
+    assert row.body == SAMPLE
+
+
+@needs_curl
+def test_password_from_a_file_keeps_it_off_the_command_line(tmp_path: Path, state: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("from-a-file\n")
+    served = start_serve(state, "--password-file", str(secret), env={"OT_HOOK_PASSWORD": ""})
+    try:
+        result = curl("--cacert", str(state / "ca.pem"), "-u", f"{USER}:from-a-file",
+                      "--data-binary", SAMPLE.decode(), served.info.url)
+        assert result.stdout.startswith("Accepted"), result
+    finally:
+        served.stop()
+
+
+def test_sigterm_stops_cleanly_with_every_acknowledged_delivery_stored(state: Path) -> None:
+    served = start_serve(state)
+    acknowledged: list[int] = []
+
+    async def send_until_stopped() -> None:
+        import aiohttp
+
+        context = ssl.create_default_context(cafile=str(state / "ca.pem"))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as s:
+
+            async def one(event_id: int) -> None:
+                try:
+                    async with s.post(served.info.url, data=sample(event_id),
+                                      headers={"Authorization": basic()}) as response:
+                        if response.status == 200:
+                            acknowledged.append(event_id)
+                            if len(acknowledged) == 20:
+                                some_answered.set()
+                except aiohttp.ClientError:
+                    pass  # refused or cut off by the stop: not acknowledged, may not be stored
+
+            some_answered = asyncio.Event()
+            tasks = [asyncio.create_task(one(n)) for n in range(1, 201)]
+            await asyncio.wait_for(some_answered.wait(), 20)
+            served.process.send_signal(signal.SIGTERM)  # while the rest are in flight
+            await asyncio.gather(*tasks)
+
+    asyncio.run(send_until_stopped())
+    assert served.wait() == 0
+    assert acknowledged, "some deliveries should have been answered before the stop"
+    kept = {row.event_id for row in stored(state)}
+    assert set(acknowledged) <= kept
+    assert home.read_serve_info(state) is None
+    bind("127.0.0.1", served.info.port).close()  # a new receiver can listen there at once
+    assert "Traceback" not in served.stderr
+    assert PASSWORD not in served.stderr
+
+
+def test_sigint_stops_with_exit_0(state: Path) -> None:
+    served = start_serve(state)
+    assert served.stop(signal.SIGINT) == 0
