@@ -44,10 +44,13 @@ class StatusLog:
         if not self._quiet:
             self.line(f"{_now()} 400 plain HTTP from {remote or '?'} (told to use HTTPS)")
 
-    def close(self) -> None:
-        """Write what is queued and stop the writer."""
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+    def close(self, timeout: float = 5) -> None:
+        """Write what is queued and stop the writer; give up after `timeout` on a stuck stderr."""
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
         while True:

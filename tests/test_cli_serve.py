@@ -1,0 +1,82 @@
+"""`ot-hook serve` errors a new user meets: one line on stderr, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ot_hook.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["serve", "--bogus"], 2, "No such option: --bogus"),
+        (["serve", "--port", "http"], 2, "Invalid value for '--port'"),
+        (["serve", "--port", "70000"], 2, "--port"),
+        (["serve", "--key-type", "dsa"], 2, "--key-type must be ecdsa or rsa"),
+        (["serve", "--loop", "trio"], 2, "--loop must be auto, asyncio or uvloop"),
+    ],
+)
+def test_bad_flags_get_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    got, out, err = run_cli(capsys, *argv)
+    assert got == code
+    assert out == ""
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_missing_password_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"),
+                           "--password-file", str(tmp_path / "nope"), "--port", "0")
+    assert code == 1
+    assert err.strip() == f"ot-hook: error: password file {tmp_path / 'nope'} does not exist"
+
+
+def test_home_that_is_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    code, _, err = run_cli(capsys, "serve", "--home", str(not_a_dir), "--port", "0")
+    assert code == 2
+    assert "--home" in err and "is a file" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_port_in_use(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"), "--port",
+                               str(port), "--user", "u", "--password", "p")
+    assert code == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in err
+    assert "--port 0" in err
+
+
+def test_help_and_version_need_no_network_libraries() -> None:
+    probe = (
+        "import sys\n"
+        "from ot_hook.cli import main\n"
+        "main(['serve', '--help'])\n"
+        "main(['--version'])\n"
+        "assert 'aiohttp' not in sys.modules and 'trustme' not in sys.modules, "
+        "[m for m in sys.modules if m.startswith(('aiohttp', 'trustme'))]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "ot-hook" in result.stdout

@@ -1,0 +1,107 @@
+"""The store on its own: schema versions, migration in place, group commit, readers."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from ot_hook import store
+from ot_hook.events import parse_body
+from tests.support import sample
+
+
+def delivery(event_id: int | None, body: bytes = b"{}") -> store.Delivery:
+    event = parse_body(sample(event_id)) if event_id is not None else None
+    return store.Delivery("2026-01-01T00:00:00.000000Z", "POST", "/", "127.0.0.1", None, [],
+                          body, len(body), 200 if event else 400, event,
+                          None if event else "bad")
+
+
+def make_store_at_version(path: Path, version: int) -> None:
+    conn = sqlite3.connect(path)
+    for step in range(1, version + 1):
+        conn.executescript(store.MIGRATIONS[step])
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("version", range(1, store.SCHEMA_VERSION + 1))
+def test_an_older_store_is_migrated_in_place(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "events.db"
+    make_store_at_version(path, version)
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO deliveries (received_at, outcome, http_status, warnings, method, target,"
+        " headers, body, body_size) VALUES ('t', 'rejected', 400, '[]', 'POST', '/', '[]',"
+        " x'00', 1)"
+    )
+    conn.commit()
+    conn.close()
+    writer = store.open_for_writing(path)
+    assert writer.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    writer.close()
+    [row] = store.iter_all(path)
+    assert row.body == b"\x00"
+
+
+def test_a_store_from_a_newer_ot_hook_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    make_store_at_version(path, store.SCHEMA_VERSION)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(store.StoreError, match="newer ot-hook"):
+        store.open_for_writing(path)
+
+
+def test_the_store_is_private_and_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    conn = store.open_for_writing(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    conn.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_concurrent_saves_share_transactions_and_find_duplicates(tmp_path: Path) -> None:
+    writer = store.Store(tmp_path / "events.db")
+    writer.open()
+    try:
+        ids = [n % 50 for n in range(200)] + [None] * 10
+        saved = await asyncio.gather(*(writer.save(delivery(i)) for i in ids))
+    finally:
+        writer.close()
+    outcomes = [s.outcome for s in saved]
+    assert outcomes.count("accepted") == 50
+    assert outcomes.count("duplicate") == 150
+    assert outcomes.count("rejected") == 10
+    rows = list(store.iter_all(tmp_path / "events.db"))
+    assert [r.row for r in rows] == sorted(s.row for s in saved)
+    first_row = {r.event_id: r.row for r in reversed(rows) if r.outcome == "accepted"}
+    for r in rows:
+        if r.outcome == "duplicate":
+            assert r.duplicate_of == first_row[r.event_id]
+
+
+def test_duplicates_use_the_index_not_a_scan(tmp_path: Path) -> None:
+    conn = store.open_for_writing(tmp_path / "events.db")
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT row FROM deliveries WHERE event_id = ? AND outcome = "
+        "'accepted' LIMIT 1", (1,)
+    ).fetchall()
+    conn.close()
+    assert "deliveries_accepted_event_id" in " ".join(str(step) for step in plan)
+
+
+async def test_save_after_close_is_unavailable(tmp_path: Path) -> None:
+    writer = store.Store(tmp_path / "events.db")
+    writer.open()
+    writer.close()
+    with pytest.raises(store.StoreUnavailable):
+        await writer.save(delivery(1))
