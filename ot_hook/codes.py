@@ -6,11 +6,15 @@ lines can use it cheaply. The sources are described in ../shared/DESIGN.md secti
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
 Kind = Literal["action", "record"]
+KINDS: tuple[Kind, ...] = ("action", "record")
+FIELDS: dict[Kind, str] = {"action": "ActionType", "record": "RecordType"}
 
 
 class Source(StrEnum):
@@ -125,6 +129,60 @@ RECORDS: dict[int, Code] = {
         },
     ),
 }
+
+
+def normalize(name: str) -> str:
+    """A name as compared: case, spaces, hyphens and underscores do not matter."""
+    return _IGNORED.sub("", name).casefold()
+
+
+_IGNORED = re.compile(r"[\s_-]+")
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Both tables, so that a user's own codes can be added without touching the built-ins."""
+
+    actions: Mapping[int, Code]
+    records: Mapping[int, Code]
+
+    def table(self, kind: Kind) -> Mapping[int, Code]:
+        return self.actions if kind == "action" else self.records
+
+    def get(self, kind: Kind, code: int) -> Code | None:
+        return self.table(kind).get(code)
+
+    def entries(self, kind: Kind | None = None) -> list[Code]:
+        """Every entry, actions first, each table in code order."""
+        kinds = KINDS if kind is None else (kind,)
+        return [self.table(k)[c] for k in kinds for c in sorted(self.table(k))]
+
+    def with_entries(self, extra: Iterable[Code]) -> Tables:
+        """These tables with `extra` added, replacing built-in entries with the same code."""
+        actions, records = dict(self.actions), dict(self.records)
+        for entry in extra:
+            (actions if entry.kind == "action" else records)[entry.code] = entry
+        return Tables(actions, records)
+
+    def named(self, name: str, kind: Kind | None = None) -> list[Code]:
+        """The entries whose name is `name`, as `normalize` compares them."""
+        wanted = normalize(name)
+        return [e for e in self.entries(kind) if normalize(e.name) == wanted]
+
+    def near(self, name: str, kind: Kind | None = None) -> tuple[list[Code], list[Code]]:
+        """(entries whose name contains `name`, entries spelt like it): never an answer by
+        themselves, only choices to offer the user."""
+        import difflib  # only a miss pays for it
+
+        wanted = normalize(name)
+        entries = self.entries(kind)
+        containing = [e for e in entries if wanted and wanted in normalize(e.name)]
+        by_key = {normalize(e.name): e for e in entries}
+        spelt = difflib.get_close_matches(wanted, list(by_key), n=3, cutoff=0.75)
+        return containing, [by_key[key] for key in spelt]
+
+
+BUILTIN = Tables(ACTIONS, RECORDS)
 
 
 def action_name(code: int) -> str | None:
