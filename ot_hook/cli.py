@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from ot_hook import __version__
-from ot_hook.commands import decode, serve
+from ot_hook.commands import decode, serve, tail
 from ot_hook.exitcodes import ExitCode
 
 
@@ -80,6 +80,7 @@ def _root(
 
 app.command(epilog=serve.EPILOG)(serve.serve)
 app.command(epilog=decode.EPILOG)(decode.decode)
+app.command(epilog=tail.EPILOG)(tail.tail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

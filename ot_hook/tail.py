@@ -1,0 +1,373 @@
+"""Reading the store as deliveries arrive: filters as SQL, the last N rows, then follow.
+
+The reader must never get in the receiver's way: it uses a read-only connection, fetches each
+result whole so every read transaction ends at once, and asks SQLite `PRAGMA data_version`
+(which only looks at shared memory) whether anything was committed before it queries rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any
+
+from ot_hook import codes, render, store
+from ot_hook.terminal import Terminal
+
+POLL_INTERVAL = 0.05  # seconds between data_version checks: quick to see, cheap when idle
+WAIT_INTERVAL = 0.2  # seconds between looks for a store that does not exist yet
+RECHECK_INTERVAL = 1.0  # seconds between looks at the file itself (replaced? sequence moved?)
+BATCH = 500  # rows per read, so that memory stays flat however far behind we are
+
+
+class FilterError(ValueError):
+    """A filter the user gave cannot be understood; the message is one line for them."""
+
+
+class NoStore(Exception):
+    """There is no store to read (only raised when not following)."""
+
+
+# Filters ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which deliveries to show; empty means no restriction. All given filters must match."""
+
+    actions: tuple[int, ...] = ()
+    records: tuple[int, ...] = ()
+    ids: tuple[int, ...] = ()
+    unique_ids: tuple[str, ...] = ()
+    outcomes: tuple[str, ...] = ()
+    since: str | None = None  # a stored-format UTC time: received_at >= since
+    grep: str | None = None
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """A WHERE condition (without the word) and its parameters; "" when nothing filters."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        for column, values in (
+            ("action_type", self.actions), ("record_type", self.records),
+            ("event_id", self.ids), ("unique_id", self.unique_ids), ("outcome", self.outcomes),
+        ):
+            if values:
+                conditions.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(values)
+        if self.since is not None:
+            conditions.append("received_at >= ?")
+            params.append(self.since)
+        if self.grep:
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", self.grep) + "%"
+            columns = ("description", "username", "unique_id", "reason", "CAST(body AS TEXT)")
+            conditions.append(
+                "(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns) + ")"
+            )
+            params.extend([pattern] * len(columns))
+        return " AND ".join(conditions), params
+
+
+def parse_codes(values: Iterable[str], table: dict[int, codes.Code], kind: str) -> tuple[int, ...]:
+    """Codes given as numbers (known or not) or names ("change status", "SalesOrder")."""
+    by_name = {_squash(entry.name): code for code, entry in table.items()}
+    found: list[int] = []
+    for value in values:
+        if value.strip().lstrip("-").isdigit():
+            found.append(int(value))
+        elif _squash(value) in by_name:
+            found.append(by_name[_squash(value)])
+        else:
+            raise FilterError(
+                f"unknown {kind} {value!r}; give a code or a name "
+                f"(see 'ot-hook decode --list')"
+            )
+    return tuple(found)
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def parse_outcomes(values: Iterable[str]) -> tuple[str, ...]:
+    found = tuple(v.strip().lower() for v in values)
+    for value in found:
+        if value not in store.OUTCOMES:
+            raise FilterError(f"--status must be one of {', '.join(store.OUTCOMES)}, "
+                              f"not {value!r}")
+    return found
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
+_UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """A duration such as 10m, 1h30m, 2d or 1w; None when `text` is not one."""
+    squashed = text.strip().lower()
+    if not squashed or _DURATION_PART.sub("", squashed).strip():
+        return None
+    seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(squashed))
+    return timedelta(seconds=seconds)
+
+
+def parse_since(text: str, *, now: datetime | None = None, tz: tzinfo | None = None) -> str:
+    """The earliest received_at to show: a duration back from now, or a timestamp (local time
+    unless it carries an offset). Returned in the store's own format, so it compares as text."""
+    moment = parse_moment(text, now=now, tz=tz)
+    return stored_time(moment)
+
+
+def parse_moment(text: str, *, now: datetime | None = None, tz: tzinfo | None = None) -> datetime:
+    duration = parse_duration(text)
+    if duration is not None:
+        return (now or datetime.now(UTC)) - duration
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise FilterError(
+            f"cannot read {text!r} as a duration (10m, 2h, 7d) or a time (2024-01-03T10:17, "
+            "optionally with an offset such as +05:30 or Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz) if tz is not None else moment.astimezone()
+    return moment
+
+
+def stored_time(moment: datetime) -> str:
+    """`moment` written as the receiver writes received_at (UTC, microseconds, Z)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# Reading ---------------------------------------------------------------------------------
+
+
+def open_reader(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection, or None while there is no store yet (or the receiver is still
+    writing its schema). Raises StoreError when the store exists but cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        return store.open_for_reading(path)
+    except store.StoreError:
+        if _schema_pending(path):
+            return None
+        raise
+
+
+def _schema_pending(path: Path) -> bool:
+    try:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            return bool(conn.execute("PRAGMA user_version").fetchone()[0] == 0)
+    except sqlite3.Error:
+        return False
+
+
+def last_row(conn: sqlite3.Connection) -> int:
+    """The highest row number ever given out (AUTOINCREMENT: never reused, even after prune)."""
+    found = conn.execute(
+        "SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'"
+    ).fetchone()
+    return int(found[0]) if found else 0
+
+
+def latest(
+    conn: sqlite3.Connection, filters: Filters, count: int, up_to: int
+) -> list[store.StoredDelivery]:
+    """The last `count` matching rows up to row `up_to`, oldest first."""
+    if count <= 0:
+        return []
+    where, params = _bounded(filters, "row <= ?", [up_to])
+    rows = store.read_rows(conn, where, params, order="row DESC", limit=count)
+    return rows[::-1]
+
+
+def between(
+    conn: sqlite3.Connection, filters: Filters, after: int, up_to: int
+) -> Iterator[store.StoredDelivery]:
+    """Matching rows in (after, up_to], oldest first, read a batch at a time."""
+    while after < up_to:
+        where, params = _bounded(filters, "row > ? AND row <= ?", [after, up_to])
+        rows = store.read_rows(conn, where, params, limit=BATCH)
+        yield from rows
+        if len(rows) < BATCH:
+            return
+        after = rows[-1].row
+
+
+def _bounded(filters: Filters, bound: str, bound_params: list[Any]) -> tuple[str, list[Any]]:
+    where, params = filters.sql()
+    return (f"{bound} AND ({where})" if where else bound), [*bound_params, *params]
+
+
+@dataclass
+class Follow:
+    """What to read: the store at `path`, the last `last` matching rows, then (when `follow`)
+    every new matching row until `stop()` says so."""
+
+    path: Path
+    filters: Filters = field(default_factory=Filters)
+    last: int = 10
+    follow: bool = True
+    poll_interval: float = POLL_INTERVAL
+    wait_interval: float = WAIT_INTERVAL
+    recheck_interval: float = RECHECK_INTERVAL
+
+
+def deliveries(
+    spec: Follow,
+    *,
+    status: Callable[[str], None],
+    stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[store.StoredDelivery]:
+    """Yield stored deliveries as `spec` asks. Raises NoStore (not following, no store) and
+    StoreError (a store that cannot be read)."""
+    conn = _wait_for_store(spec, status, stop, sleep)
+    if conn is None:
+        return
+    try:
+        seen = last_row(conn)
+        yield from latest(conn, spec.filters, spec.last, seen)
+        if not spec.follow:
+            return
+        version = _data_version(conn)
+        status(f"following {spec.path} (Ctrl-C to stop)")
+        identity = _identity(spec.path)
+        next_recheck = clock() + spec.recheck_interval
+        while not stop():
+            sleep(spec.poll_interval)
+            changed = _data_version(conn) != version
+            if clock() >= next_recheck:
+                next_recheck = clock() + spec.recheck_interval
+                if _identity(spec.path) != identity:  # deleted or replaced under us
+                    conn.close()
+                    status(f"the store {spec.path} was replaced; following the new one")
+                    reopened = _wait_for_store(spec, status, stop, sleep)
+                    if reopened is None:
+                        return
+                    conn = reopened
+                    seen, identity, changed = 0, _identity(spec.path), True
+                changed = changed or last_row(conn) != seen  # a safety net; cheap
+            if not changed:
+                continue
+            version = _data_version(conn)  # before reading: nothing committed after is lost
+            newest = last_row(conn)
+            yield from between(conn, spec.filters, seen, newest)
+            seen = newest
+    finally:
+        conn.close()
+
+
+def _wait_for_store(
+    spec: Follow, status: Callable[[str], None], stop: Callable[[], bool],
+    sleep: Callable[[float], None],
+) -> sqlite3.Connection | None:
+    """Open the store, waiting (when following) until it exists; None when told to stop."""
+    conn = open_reader(spec.path)
+    if conn is not None:
+        return conn
+    if not spec.follow:
+        raise NoStore(f"no store at {spec.path} yet; start 'ot-hook serve' to make one")
+    status(f"no store at {spec.path} yet; waiting for 'ot-hook serve' to make one")
+    while not stop():
+        sleep(spec.wait_interval)
+        conn = open_reader(spec.path)
+        if conn is not None:
+            return conn
+    return None
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+# Showing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Look:
+    """How to show each delivery."""
+
+    json_lines: bool = False
+    verbose: bool = False
+    utc: bool = False
+    tz: tzinfo | None = None  # None: the system's zone
+
+
+def printer(terminal: Terminal, look: Look) -> Callable[[store.StoredDelivery], None]:
+    """A function that shows one delivery on `terminal.stdout` and flushes at once."""
+    out = terminal.stdout
+    if look.json_lines or not terminal.pretty:
+
+        def print_json(delivery: store.StoredDelivery) -> None:
+            out.write(render.json_line(delivery) + "\n")
+            out.flush()
+
+        return print_json
+
+    console = terminal.console()
+
+    def print_line(delivery: store.StoredDelivery) -> None:
+        # soft_wrap: one delivery stays one line; the terminal wraps it, not rich
+        console.print(render.line(delivery, utc=look.utc, tz=look.tz), soft_wrap=True)
+        if look.verbose:
+            console.print(render.details(delivery), soft_wrap=True)
+        out.flush()
+
+    return print_line
+
+
+def run(
+    spec: Follow,
+    terminal: Terminal,
+    look: Look | None = None,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Show what `spec` asks for on `terminal`; returns how many deliveries were shown."""
+    show = printer(terminal, look or Look())
+    shown = 0
+    for delivery in deliveries(spec, status=terminal.status, stop=stop):
+        show(delivery)
+        shown += 1
+    return shown
+
+
+def resolve_filters(
+    *,
+    actions: Sequence[str] = (),
+    records: Sequence[str] = (),
+    ids: Sequence[int] = (),
+    unique_ids: Sequence[str] = (),
+    outcomes: Sequence[str] = (),
+    since: str | None = None,
+    grep: str | None = None,
+    now: datetime | None = None,
+    tz: tzinfo | None = None,
+) -> Filters:
+    """Filters from what a user typed; raises FilterError with a one-line message."""
+    return Filters(
+        actions=parse_codes(actions, codes.ACTIONS, "--action"),
+        records=parse_codes(records, codes.RECORDS, "--record"),
+        ids=tuple(ids),
+        unique_ids=tuple(unique_ids),
+        outcomes=parse_outcomes(outcomes),
+        since=parse_since(since, now=now, tz=tz) if since else None,
+        grep=grep or None,
+    )
