@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from ot_hook import __version__
-from ot_hook.commands import decode, serve, tail
+from ot_hook.commands import decode, prune, serve, tail
 from ot_hook.exitcodes import ExitCode
 
 
@@ -81,6 +81,7 @@ def _root(
 app.command(epilog=serve.EPILOG)(serve.serve)
 app.command(epilog=decode.EPILOG)(decode.decode)
 app.command(epilog=tail.EPILOG)(tail.tail)
+app.command(epilog=prune.EPILOG)(prune.prune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,45 @@
+"""Deleting old deliveries, a batch per transaction so a running receiver never waits long."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+
+from ot_hook import store
+from ot_hook.tail import stored_time
+
+BATCH = 5000  # rows per transaction: the receiver's writer waits for one batch at most
+
+
+class NoStore(Exception):
+    """There is no store at the path; the message is one line for the user."""
+
+
+def prune(path: Path, before: datetime | None) -> int:
+    """Delete deliveries received before `before` (all of them when None); return how many.
+
+    Row numbers are never reused (AUTOINCREMENT), so a following `tail` is not confused.
+    Raises NoStore, and StoreError when the store cannot be written.
+    """
+    if not path.exists():
+        raise NoStore(f"no store at {path}; nothing to prune")
+    where, params = ("received_at < ?", [stored_time(before)]) if before else ("1", [])
+    conn = store.open_for_writing(path)
+    deleted = 0
+    try:
+        while True:
+            cursor = conn.execute(
+                "DELETE FROM deliveries WHERE row IN "
+                f"(SELECT row FROM deliveries WHERE {where} ORDER BY row LIMIT {BATCH})",
+                params,
+            )
+            deleted += cursor.rowcount
+            if cursor.rowcount < BATCH:
+                return deleted
+    except sqlite3.Error as exc:
+        raise store.StoreError(
+            f"cannot prune the store {path} (deleted {deleted} so far): {exc}"
+        ) from None
+    finally:
+        conn.close()
