@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from ot_hook import __version__
-from ot_hook.commands import decode, prune, serve, tail
+from ot_hook.commands import decode, prune, send, serve, tail
 from ot_hook.exitcodes import ExitCode
 
 
@@ -79,6 +79,7 @@ def _root(
 
 
 app.command(epilog=serve.EPILOG)(serve.serve)
+app.command("send-sample", epilog=send.EPILOG)(send.send_sample)
 app.command(epilog=decode.EPILOG)(decode.decode)
 app.command(epilog=tail.EPILOG)(tail.tail)
 app.command(epilog=prune.EPILOG)(prune.prune)
