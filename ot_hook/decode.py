@@ -200,7 +200,10 @@ def iter_values(lines: Iterable[str], source: str) -> Iterator[Parsed]:
                 yield from _parse_chunk("".join(buffer), source, start)
                 buffer.clear()
     except UnicodeDecodeError:
-        raise BadInput(f"{source} line {number + 1}: the input is not UTF-8 text") from None
+        # The text layer decodes ahead in blocks: the bad byte is here or further on.
+        raise BadInput(
+            f"{source}: the input is not UTF-8 text (line {number + 1} or later)"
+        ) from None
     if buffer:
         yield from _parse_chunk("".join(buffer), source, start)
 
