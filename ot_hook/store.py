@@ -254,23 +254,24 @@ class Store:
                     break
                 batch.append(item)
             try:
-                results: list[Saved] | StoreUnavailable = self._write(batch)
+                results: list[Saved] | StoreUnavailable = self._write(
+                    [pending.delivery for pending in batch]
+                )
             except sqlite3.Error as exc:
                 results = StoreUnavailable(f"cannot write the store {self.path}: {exc}")
-            for index, pending in enumerate(batch):
-                outcome = results if isinstance(results, Exception) else results[index]
-                pending.loop.call_soon_threadsafe(_settle, pending.future, outcome)
+            # One wake-up of the event loop per batch, not one per delivery.
+            batch[0].loop.call_soon_threadsafe(_settle, batch, results)
             if stop:
                 return
 
-    def _write(self, batch: list[_Pending]) -> list[Saved]:
+    def _write(self, deliveries: list[Delivery]) -> list[Saved]:
+        """Insert `deliveries` in one transaction: one fsync for the whole batch."""
         conn = self._conn
         assert conn is not None
-        saved: list[Saved] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for pending in batch:
-                saved.append(_insert(conn, pending.delivery))
+            saved, rows = _plan(conn, deliveries)
+            conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -279,35 +280,63 @@ class Store:
         return saved
 
 
-def _settle(future: asyncio.Future[Saved], outcome: Saved | StoreUnavailable) -> None:
-    if future.done():  # the request went away; the row is stored all the same
-        return
-    if isinstance(outcome, Exception):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+def _settle(batch: list[_Pending], results: list[Saved] | StoreUnavailable) -> None:
+    for index, pending in enumerate(batch):
+        if pending.future.done():  # the request went away; the row is stored all the same
+            continue
+        if isinstance(results, Exception):
+            pending.future.set_exception(results)
+        else:
+            pending.future.set_result(results[index])
 
 
-def _insert(conn: sqlite3.Connection, d: Delivery) -> Saved:
-    event = d.event
-    outcome: Outcome = "rejected" if event is None else "accepted"
-    duplicate_of: int | None = None
-    if event is not None:
-        earlier = conn.execute(
-            "SELECT row FROM deliveries WHERE event_id = ? AND outcome = 'accepted' LIMIT 1",
-            (event.id,),
-        ).fetchone()
-        if earlier is not None:
-            outcome, duplicate_of = "duplicate", earlier[0]
-    cursor = conn.execute(
-        """INSERT INTO deliveries (received_at, outcome, http_status, reason, warnings,
-               duplicate_of, remote, method, target, content_type, headers, body, body_size,
-               event_id, action_type, record_type, unique_id, description, username, action_date)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        (
-            d.received_at, outcome, d.http_status, d.reason, json.dumps(list(d.warnings)),
+_INSERT = """
+    INSERT INTO deliveries (row, received_at, outcome, http_status, reason, warnings,
+        duplicate_of, remote, method, target, content_type, headers, body, body_size,
+        event_id, action_type, record_type, unique_id, description, username, action_date)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def _plan(
+    conn: sqlite3.Connection, deliveries: list[Delivery]
+) -> tuple[list[Saved], list[tuple[Any, ...]]]:
+    """Decide each delivery's row number and outcome with two queries for the whole batch.
+
+    Rows are numbered here (the writer is the only one inserting) so that a duplicate of a
+    delivery earlier in the same batch can name its row before anything is inserted.
+    """
+    ids = sorted({d.event.id for d in deliveries if d.event is not None})
+    first_accepted: dict[int, int] = {}
+    for chunk in range(0, len(ids), 500):  # stay well under SQLite's variable limit
+        part = ids[chunk : chunk + 500]
+        first_accepted.update(
+            conn.execute(
+                "SELECT event_id, MIN(row) FROM deliveries WHERE outcome = 'accepted' AND "
+                f"event_id IN ({','.join('?' * len(part))}) GROUP BY event_id",
+                part,
+            ).fetchall()
+        )
+    # AUTOINCREMENT's counter never goes back, even after prune: a row number means one delivery.
+    (last,) = conn.execute(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0)"
+    ).fetchone()
+    saved: list[Saved] = []
+    rows: list[tuple[Any, ...]] = []
+    for row, d in enumerate(deliveries, start=last + 1):
+        event = d.event
+        outcome: Outcome = "rejected"
+        duplicate_of: int | None = None
+        if event is not None:
+            duplicate_of = first_accepted.get(event.id)
+            outcome = "accepted" if duplicate_of is None else "duplicate"
+            if duplicate_of is None:
+                first_accepted[event.id] = row
+        saved.append(Saved(row, outcome, duplicate_of))
+        rows.append((
+            row, d.received_at, outcome, d.http_status, d.reason, json.dumps(list(d.warnings)),
             duplicate_of, d.remote, d.method, d.target, d.content_type,
-            json.dumps([list(pair) for pair in d.headers]), d.body, d.body_size,
+            json.dumps(d.headers), d.body, d.body_size,
             event.id if event else None,
             event.action_type if event else None,
             event.record_type if event else None,
@@ -315,10 +344,8 @@ def _insert(conn: sqlite3.Connection, d: Delivery) -> Saved:
             event.description if event else None,
             event.username if event else None,
             event.action_date if event else None,
-        ),
-    )
-    assert cursor.lastrowid is not None
-    return Saved(cursor.lastrowid, outcome, duplicate_of)
+        ))
+    return saved, rows
 
 
 def read_rows(

@@ -1,0 +1,189 @@
+"""Receiver throughput, latency and memory, against a bare aiohttp HTTPS server in the same run.
+
+Run by hand (wrk comes from Debian: apt-get install wrk):
+
+    .venv/bin/python bench/bench_receiver.py [--seconds 10] [--memory]
+
+For each event loop (asyncio, and uvloop where installed) and for 1, 32 and 128 keep-alive
+connections, wrk POSTs the sample delivery with Basic Auth for --seconds to:
+  - bare: bench/bare_server.py, which reads the body and answers 200 (no auth, no store);
+  - ot-hook: `ot-hook serve --quiet` with its store at synchronous=FULL (every 200 durable).
+It prints a Markdown table of deliveries per second, p50 and p99, and ot-hook/bare ratios.
+--memory also reports the receiver's resident size after 1,000 and 100,000 deliveries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+ENV = {**os.environ, "OT_HOOK_USER": "demo", "OT_HOOK_PASSWORD": "s3cret"}
+
+
+@dataclass
+class Result:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    errors: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def to_ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, connections: int, seconds: int) -> Result:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+         "-s", str(HERE / "post.lua"), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    problems = re.findall(r"(Socket errors:.*|Non-2xx or 3xx responses: \d+)", out)
+    return Result(rate, p50, p99, "; ".join(problems))
+
+
+def start_ot_hook(home: Path, loop: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [PYTHON, "-m", "ot_hook", "serve", "--home", str(home), "--port", str(port), "--quiet",
+         "--loop", loop],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    return process, port
+
+
+def start_bare(cert: Path, loop: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen([PYTHON, str(HERE / "bare_server.py"), str(cert), str(port), loop],
+                               stdout=subprocess.DEVNULL)
+    wait_for_port(port)
+    return process, port
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(30)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def rows(home: Path) -> int:
+    conn = sqlite3.connect(f"file:{home / 'events.db'}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM deliveries").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def measure_memory(work: Path, loop: str) -> tuple[int, int]:
+    """RSS after 1,000 and after 100,000 stored deliveries (wrk at 32 connections)."""
+    home = work / f"mem-{loop}"
+    process, port = start_ot_hook(home, loop)
+    load = subprocess.Popen(
+        ["wrk", "-t1", "-c32", "-d600s", "-s", str(HERE / "post.lua"),
+         f"https://127.0.0.1:{port}/"], stdout=subprocess.DEVNULL,
+    )
+    try:
+        marks: dict[int, int] = {}
+        for target in (1_000, 100_000):
+            while rows(home) < target:
+                time.sleep(0.2)
+            marks[target] = rss_kb(process.pid)
+        return marks[1_000], marks[100_000]
+    finally:
+        load.terminate()
+        load.wait()
+        stop(process)
+
+
+def loops() -> list[str]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return ["asyncio"]
+    return ["asyncio", "uvloop"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", default="1,32,128")
+    parser.add_argument("--memory", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    work = Path(tempfile.mkdtemp(prefix="ot-hook-bench-"))
+    # One certificate for both servers, made the way serve makes it.
+    setup, _ = start_ot_hook(work / "cert-home", "asyncio")
+    stop(setup)
+    cert = work / "cert-home" / "server.pem"
+
+    print(f"{os.cpu_count()} CPUs, {args.seconds}s per run, wrk -t1, the sample delivery\n")
+    print("| loop | connections | bare req/s | ot-hook req/s | ratio | bare p50/p99 ms "
+          "| ot-hook p50/p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for loop in loops():
+        for connections in (int(c) for c in args.connections.split(",")):
+            bare, bare_port = start_bare(cert, loop)
+            try:
+                base = run_wrk(f"https://127.0.0.1:{bare_port}/", connections, args.seconds)
+            finally:
+                stop(bare)
+            home = work / f"{loop}-{connections}"
+            ours, port = start_ot_hook(home, loop)
+            try:
+                got = run_wrk(f"https://127.0.0.1:{port}/", connections, args.seconds)
+            finally:
+                stop(ours)
+            note = f" ({got.errors})" if got.errors else ""
+            print(f"| {loop} | {connections} | {base.rate:.0f} | {got.rate:.0f}{note} "
+                  f"| {got.rate / base.rate:.2f} | {base.p50_ms:.2f}/{base.p99_ms:.2f} "
+                  f"| {got.p50_ms:.2f}/{got.p99_ms:.2f} |", flush=True)
+    if args.memory:
+        for loop in loops():
+            small, large = measure_memory(work, loop)
+            print(f"\nmemory ({loop}): RSS {small / 1024:.1f} MB after 1,000 deliveries, "
+                  f"{large / 1024:.1f} MB after 100,000 (+{(large - small) / 1024:.1f} MB)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
