@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ot_hook.codes import BUILTIN, FIELDS, KINDS, Code, Kind, Source, Tables
 from ot_hook.textsafe import printable
@@ -47,6 +45,8 @@ def load_tables(path: Path | None) -> Tables:
     """The built-in tables, with the user's codes file (TOML) on top when there is one."""
     if path is None:
         return BUILTIN
+    import tomllib  # only a codes file pays for it
+
     try:
         with path.open("rb") as file:
             data = tomllib.load(file)
@@ -154,10 +154,9 @@ def code_json(entry: Code) -> str:
 # Streams of JSON values ----------------------------------------------------------------------
 
 
-class Parsed(NamedTuple):
-    value: Any
-    text: str | None  # the value's own text, when it sat alone on its line
-    line: int  # where it starts, counting from 1
+# (a JSON value, its own text when it sat alone on its line, the line where it starts).
+# Plain tuples and classes here: generated ones (dataclass, NamedTuple) cost start-up time.
+Parsed = tuple[Any, str | None, int]
 
 
 def _reject_constant(name: str) -> Any:
@@ -188,7 +187,7 @@ def iter_values(lines: Iterable[str], source: str) -> Iterator[Parsed]:
                         continue
                     start, depth, size, check_at = number, 0, 0, _FIRST_CHECK
                 else:
-                    yield Parsed(value, line, number)
+                    yield value, line, number
                     continue
             buffer.append(line)
             depth += _depth(line)
@@ -241,7 +240,7 @@ def _parse_chunk(text: str, source: str, start: int) -> Iterator[Parsed]:
             raise BadInput(f"{where}: nested too deeply") from None
         except ValueError as exc:  # NaN, or an integer too long for Python
             raise BadInput(f"{where}: {exc}") from None
-        yield Parsed(value, None, line)
+        yield value, None, line
 
 
 def _json_error(exc: json.JSONDecodeError, text: str, source: str, start: int) -> str:
@@ -260,12 +259,15 @@ def _json_error(exc: json.JSONDecodeError, text: str, source: str, start: int) -
 # Events --------------------------------------------------------------------------------------
 
 
-class Event(NamedTuple):
-    obj: dict[str, Any]
-    action: str | None  # the ActionType's name, None when unknown
-    record: str | None
-    text: str | None  # the object's own JSON text, when it sat alone on its line
-    line: int
+class Event:
+    """An Audit Trail object with its names (None when unknown) and, when it sat alone on its
+    line, its own JSON text."""
+
+    __slots__ = ("action", "line", "obj", "record", "text")
+
+    def __init__(self, obj: dict[str, Any], action: str | None, record: str | None,
+                 text: str | None, line: int) -> None:
+        self.obj, self.action, self.record, self.text, self.line = obj, action, record, text, line
 
 
 class Decoder:
@@ -349,6 +351,23 @@ def _type_name(value: Any) -> str:
 # Output --------------------------------------------------------------------------------------
 
 
+def write_json_lines(decoder: Decoder, events: Iterable[Event], stream: TextIO, *, live: bool,
+                     ascii_only: bool = False, batch: int = 256) -> None:
+    """Each event as a JSON line. A live source (a pipe: maybe `tail -f`) has each event
+    flushed as it comes; otherwise lines go out in batches, which matters when stdout is
+    unbuffered (PYTHONUNBUFFERED)."""
+    pending: list[str] = []
+    for event in events:
+        pending.append(decoder.json_line(event, ascii_only=ascii_only))
+        if live or len(pending) >= batch:
+            stream.write("\n".join(pending) + "\n")
+            stream.flush()
+            pending.clear()
+    if pending:
+        stream.write("\n".join(pending) + "\n")
+    stream.flush()
+
+
 def print_codes(console: Console, entries: list[Code]) -> None:
     """Lookup results or the --list as a table, for a person."""
     from rich.table import Table
@@ -364,13 +383,13 @@ def print_codes(console: Console, entries: list[Code]) -> None:
     console.print(table)
 
 
-@dataclass
 class EventRows:
     """Events as rows of one table that grows as they come: the header once, then a fixed-width
     row per event, so a live stream shows each event at once."""
 
-    console: Console
-    _started: bool = False
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._started = False
 
     def print(self, event: Event) -> None:
         if not self._started:

@@ -387,7 +387,10 @@ def test_no_color_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_json_flag_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     screen = FakeTerminal()
     monkeypatch.setattr(sys, "stdout", screen)
-    assert main(["decode", "--json", event(Description="\u202etxt.exe")]) == 0
+    text = json.dumps({**json.loads(SAMPLE), "Description": "\u202etxt.exe"},
+                      ensure_ascii=False)
+    assert "\u202e" in text
+    assert main(["decode", "--json", text]) == 0
     [line] = screen.getvalue().splitlines()
     assert "\x1b" not in line and "\u202e" not in line  # escaped: nothing acts on the screen
     assert json.loads(line)["Description"] == "\u202etxt.exe"

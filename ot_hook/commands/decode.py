@@ -71,6 +71,7 @@ def decode(
 
     terms = terms or []
     terminal = Terminal()
+    on_screen = bool(terminal.stdout_isatty)
     if as_json:
         terminal.stdout_isatty = False
     try:
@@ -79,7 +80,7 @@ def decode(
             if list_codes:
                 _list(terminal, tables, terms, action or record)
             elif file or "-" in terms or any(_is_json(t) for t in terms):
-                _events(terminal, tables, terms, file or [], action or record)
+                _events(terminal, tables, terms, file or [], action or record, on_screen)
             else:
                 _lookups(terminal, tables, terms, action, record)
     except lib.BadInput as exc:
@@ -138,7 +139,8 @@ def _print_codes(terminal: Terminal, entries: list[Code]) -> None:
 
 
 def _events(
-    terminal: Terminal, tables: Tables, terms: list[str], files: list[Path], other: str | None
+    terminal: Terminal, tables: Tables, terms: list[str], files: list[Path], other: str | None,
+    on_screen: bool,
 ) -> None:
     from ot_hook import decode as lib
 
@@ -151,14 +153,13 @@ def _events(
     decoder = lib.Decoder(tables, lambda message: terminal.status(f"ot-hook: warning: {message}"))
     rows = lib.EventRows(terminal.console()) if terminal.pretty else None
     for source, lines, live in _sources(terms, files):
-        for event in decoder.events(lines, source):
-            if rows is not None:
+        events = decoder.events(lines, source)
+        if rows is not None:
+            for event in events:
                 rows.print(event)
-                continue
-            terminal.stdout.write(decoder.json_line(event, ascii_only=terminal.pretty) + "\n")
-            if live:  # a pipe may be `tail -f`: show each event as it comes
-                terminal.stdout.flush()
-        terminal.stdout.flush()
+        else:
+            lib.write_json_lines(decoder, events, terminal.stdout, live=live,
+                                 ascii_only=on_screen)
 
 
 def _sources(terms: list[str], files: list[Path]) -> Iterator[tuple[str, TextIO, bool]]:
