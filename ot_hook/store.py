@@ -56,6 +56,12 @@ MIGRATIONS: dict[int, str] = {
             WHERE outcome = 'accepted';
         CREATE INDEX deliveries_received_at ON deliveries (received_at);
     """,
+    # `tail --id` and `--unique-id` (the usual "what happened to SO 1877?") without a full
+    # scan: about 0.8 s each on a million rows before, a few ms after.
+    2: """
+        CREATE INDEX deliveries_event_id ON deliveries (event_id);
+        CREATE INDEX deliveries_unique_id ON deliveries (unique_id);
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
