@@ -136,6 +136,14 @@ def parse_body(body: bytes) -> AuditEvent:
     return validate(loads(decode_text(body)))
 
 
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -195,6 +203,8 @@ def validate(obj: Any) -> AuditEvent:
             value = json.dumps(value)
         elif value == "":
             warnings.append(f"{name} is empty")
+        elif _has_lone_surrogate(value):
+            warnings.append(f"{name} has an unpaired UTF-16 surrogate escape")
         texts[name] = value
     action_date = texts["ActionDate"]
     if action_date and parse_action_date(action_date) is None:

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from aiohttp import web
 
 TLS_HANDSHAKE = 0x16
-FIRST_BYTE_TIMEOUT = 10.0  # a connection that says nothing for this long is closed
-HANDSHAKE_TIMEOUT = 10.0
 
 
 def plain_http_answer(https_url: str) -> bytes:
@@ -53,7 +51,8 @@ def bind(host: str, port: int) -> socket.socket:
 class PeekingTLSSite(web.BaseSite):
     """Serve `runner` over TLS on an already bound socket, with the plain-HTTP hint."""
 
-    __slots__ = ("_accepting", "_https_url", "_on_plain_http", "_pending", "_sock")
+    __slots__ = ("_accepting", "_https_url", "_idle_timeout", "_on_plain_http", "_pending",
+                 "_sock")
 
     def __init__(
         self,
@@ -62,11 +61,13 @@ class PeekingTLSSite(web.BaseSite):
         ssl_context: ssl.SSLContext,
         https_url: str,
         on_plain_http: Callable[[str | None], None] | None = None,
+        idle_timeout: float = 60.0,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._sock = sock
         self._https_url = https_url
         self._on_plain_http = on_plain_http
+        self._idle_timeout = idle_timeout  # for the first byte, and again for the handshake
         self._accepting: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -106,7 +107,7 @@ class PeekingTLSSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         conn.setblocking(False)
         try:
-            await asyncio.wait_for(_readable(loop, conn), FIRST_BYTE_TIMEOUT)
+            await asyncio.wait_for(_readable(loop, conn), self._idle_timeout)
             first = conn.recv(1, socket.MSG_PEEK)
         except (TimeoutError, OSError):
             conn.close()
@@ -116,7 +117,8 @@ class PeekingTLSSite(web.BaseSite):
             assert server is not None and self._ssl_context is not None
             try:
                 await loop.connect_accepted_socket(
-                    server, conn, ssl=self._ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+                    server, conn, ssl=self._ssl_context,
+                    ssl_handshake_timeout=self._idle_timeout,
                 )
             except (OSError, ssl.SSLError, TimeoutError):
                 conn.close()  # a failed handshake: the client sees why on its side

@@ -81,6 +81,7 @@ class ReceiverConfig:
     max_body: int = DEFAULT_MAX_BODY
     status_code: int = 200  # what accepted and duplicate deliveries are answered with
     delay: float = 0.0  # seconds to wait before answering, after the delivery is stored
+    body_timeout: float = 60.0  # a body that has not fully arrived by then is refused (408)
 
 
 STORE_KEY = web.AppKey("store", Store)
@@ -152,7 +153,8 @@ async def _delivery(request: web.Request) -> web.StreamResponse:
         ))
 
     config = app[CONFIG_KEY]
-    body, body_size, read_error = await _read_body(request, config.max_body)
+    body, body_size, read_error = await _read_body(request, config.max_body,
+                                                   config.body_timeout)
     event: AuditEvent | None = None
     status, reason = config.status_code, None
     warnings: tuple[str, ...] = ()
@@ -181,10 +183,10 @@ async def _delivery(request: web.Request) -> web.StreamResponse:
     )
     try:
         saved = await app[STORE_KEY].save(delivery)
-    except StoreUnavailable:
+    except StoreUnavailable as exc:
         # Never a 2xx for what is not stored; the serve log says why the store failed.
         log(RequestRecord(503, "unavailable", request.remote, body_size,
-                          (time.perf_counter() - started) * 1000, event))
+                          (time.perf_counter() - started) * 1000, event, reason=str(exc)))
         return _text(503, "The receiver cannot store deliveries right now; try again.",
                      **{"Retry-After": "5"})
     if config.delay > 0 and event is not None:
@@ -203,7 +205,7 @@ def _answer(saved: Saved, reason: str | None) -> str:
 
 
 async def _read_body(
-    request: web.Request, max_body: int
+    request: web.Request, max_body: int, timeout: float
 ) -> tuple[bytes, int, tuple[int, str] | None]:
     """Read at most `max_body` bytes (after any Content-Encoding is undone) and keep them.
 
@@ -213,13 +215,19 @@ async def _read_body(
     chunks: list[bytes] = []
     size = 0
     try:
-        while size <= max_body:
-            chunk = await request.content.read(max_body + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except (HttpProcessingError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        async with asyncio.timeout(timeout):
+            while size <= max_body:
+                chunk = await request.content.read(max_body + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except TimeoutError:
+        reason = f"the body did not arrive within {timeout:g} s ({size} bytes came)"
+        return b"".join(chunks), size, (408, reason)
+    except (
+        HttpProcessingError, web.RequestPayloadError, ConnectionError, asyncio.IncompleteReadError
+    ) as exc:
         # A body shorter than its Content-Length, broken chunking or gzip: keep what came.
         reason = f"the body could not be read after {size} bytes: {exc.__class__.__name__}"
         return b"".join(chunks), size, (400, reason)

@@ -24,6 +24,7 @@ class StatusLog:
         self._quiet = quiet
         self._queue: queue.Queue[str | None] = queue.Queue(QUEUE_LINES)
         self._dropped = 0
+        self._store_failing = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ot-hook-log", daemon=True)
         self._thread.start()
@@ -37,6 +38,14 @@ class StatusLog:
                 self._dropped += 1
 
     def request(self, record: RequestRecord) -> None:
+        # A store that stops (or starts again) taking writes is said even with --quiet.
+        failing = record.outcome == "unavailable"
+        if failing != self._store_failing and (failing or record.row is not None):
+            self._store_failing = failing
+            self.line(
+                f"{_now()} STORE FAILING: {record.reason}; answering 503 until it can be written"
+                if failing else f"{_now()} store: writing again"
+            )
         if not self._quiet:
             self.line(format_request(record))
 

@@ -28,7 +28,6 @@ from ot_hook.store import Store
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
 SHUTDOWN_TIMEOUT = 3.0  # in-flight deliveries get this long to finish after a stop request
-KEEPALIVE_TIMEOUT = 75.0
 SAMPLE = (
     '{"Id": 1947, "ActionType": 4, "RecordType": 7, "UniqueId": 890, '
     '"Description": "Status Changed to Approved", "Username": "Jimmy Hendrix", '
@@ -56,6 +55,8 @@ class ServeOptions:
     key_type: certs.KeyType | None = None
     status_code: int = 200
     delay: float = 0.0
+    # A connection that sends nothing, or stops halfway through a request, is closed after this.
+    idle_timeout: float = 60.0
     quiet: bool = False
     loop: LoopChoice = "auto"
     max_store_pages: int | None = field(default=None, repr=False)  # to simulate a full disk
@@ -145,16 +146,18 @@ class Receiver:
         app = create_app(
             self.store,
             Credentials.of(self.creds.user, self.creds.password),
-            ReceiverConfig(options.path, options.max_body, options.status_code, options.delay),
+            ReceiverConfig(options.path, options.max_body, options.status_code, options.delay,
+                           options.idle_timeout),
             logger=self.log.request,
         )
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
-            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            keepalive_timeout=options.idle_timeout,  # also covers half-sent request headers
         )
         await self._runner.setup()
         site = PeekingTLSSite(self._runner, sock, self.context, self.url,
-                              on_plain_http=self.log.plain_http)
+                              on_plain_http=self.log.plain_http,
+                              idle_timeout=options.idle_timeout)
         await site.start()
         home.write_serve_info(
             self.state,

@@ -3,6 +3,8 @@ and the store read back from disk."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import io
 import json
 import os
@@ -10,9 +12,10 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,10 +46,61 @@ def options(state: Path, **overrides: Any) -> ServeOptions:
 
 
 @asynccontextmanager
-async def running(state: Path, **overrides: Any) -> AsyncIterator[Receiver]:
+async def running(
+    state: Path, stderr: io.StringIO | None = None, **overrides: Any
+) -> AsyncIterator[Receiver]:
     """The real receiver (TLS site, store, serve.json) on 127.0.0.1 and a free port."""
-    async with Receiver(options(state, **overrides), io.StringIO()) as receiver:
+    async with Receiver(options(state, **overrides), stderr or io.StringIO()) as receiver:
         yield receiver
+
+
+@contextmanager
+def running_in_thread(state: Path, **overrides: Any) -> Iterator[Receiver]:
+    """The real receiver on an event loop of its own, for synchronous clients (hypothesis)."""
+    started = threading.Event()
+    stop: list[asyncio.Event] = []
+    holder: list[Receiver | BaseException] = []
+
+    async def serve() -> None:
+        try:
+            async with running(state, **overrides) as receiver:
+                stop.append(asyncio.Event())
+                holder.append(receiver)
+                started.set()
+                await stop[0].wait()
+        except BaseException as exc:
+            holder.append(exc)
+            started.set()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    started.wait(30)
+    receiver = holder[0]
+    if isinstance(receiver, BaseException):
+        raise receiver
+    try:
+        yield receiver
+    finally:
+        loop.call_soon_threadsafe(stop[0].set)
+        thread.join(30)
+        loop.close()
+
+
+def post_sync(
+    receiver: Receiver, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """One POST with the standard library's client over verified TLS."""
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", receiver.port, context=trusting(receiver.ca_path), timeout=30
+    )
+    try:
+        sent = {"Authorization": basic(), **(headers or {})}
+        connection.request("POST", "/", body=body, headers=sent)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
 
 
 def trusting(ca_path: Path | None) -> ssl.SSLContext:

@@ -68,6 +68,11 @@ def serve(
     delay: Annotated[
         float, typer.Option(min=0.0, help="Seconds to wait before answering a delivery.")
     ] = 0.0,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Close a connection that sends nothing, or stops halfway "
+                     "through a request, after this many seconds."),
+    ] = 60.0,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No line per request; only the banner.")
     ] = False,
@@ -92,6 +97,7 @@ def serve(
         home=resolve_home(home), user=user, password=password, password_file=password_file,
         host=host, port=port, path=path, max_body=max_body, hostnames=tuple(hostname or ()),
         cert=cert, key=key, key_type=key_kind, status_code=status_code, delay=delay,
+        idle_timeout=idle_timeout,
         quiet=quiet, loop=loop,  # type: ignore[arg-type]
     )
     try:
