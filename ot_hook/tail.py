@@ -55,11 +55,19 @@ class Filters:
         params: list[Any] = []
         for column, values in (
             ("action_type", self.actions), ("record_type", self.records),
-            ("event_id", self.ids), ("unique_id", self.unique_ids), ("outcome", self.outcomes),
+            ("unique_id", self.unique_ids), ("outcome", self.outcomes),
         ):
             if values:
-                conditions.append(f"{column} IN ({', '.join('?' * len(values))})")
+                conditions.append(f"{column} IN ({_marks(values)})")
                 params.extend(values)
+        if self.ids:
+            # Said per outcome so that each half uses its partial index (store migration 2);
+            # rejected deliveries have no event_id.
+            conditions.append(
+                f"((outcome = 'accepted' AND event_id IN ({_marks(self.ids)})) OR "
+                f"(outcome = 'duplicate' AND event_id IN ({_marks(self.ids)})))"
+            )
+            params.extend([*self.ids, *self.ids])
         if self.since is not None:
             conditions.append("received_at >= ?")
             params.append(self.since)
@@ -71,6 +79,10 @@ class Filters:
             )
             params.extend([pattern] * len(columns))
         return " AND ".join(conditions), params
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
 
 
 def parse_codes(values: Iterable[str], table: dict[int, codes.Code], kind: str) -> tuple[int, ...]:

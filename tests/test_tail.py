@@ -4,6 +4,7 @@ following in a subprocess across a store that appears late and a receiver restar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -20,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ot_hook import home, render, tail
+from ot_hook import home, render, store, tail
 from ot_hook.cli import main
 from ot_hook.serve import Receiver
 from ot_hook.terminal import Terminal
@@ -134,6 +135,21 @@ def test_last_n_counts_matching_rows_only(day: Path) -> None:
     filters = tail.resolve_filters(outcomes=["accepted"])
     assert [line["row"] for line in shown(day, filters, last=2)] == [4, 7]
     assert shown(day, last=0) == []
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [tail.Filters(), tail.Filters(ids=(4, 5)), tail.Filters(unique_ids=("1877",)),
+     tail.Filters(since="2024-01-03T00:00:00.000000Z")],
+)
+def test_last_n_and_lookups_use_an_index_not_a_scan(day: Path, filters: tail.Filters) -> None:
+    """A million stored rows must not make `tail -n 10 --id 4` slow (see bench/bench_tail.py)."""
+    where, params = filters.sql()
+    sql = "SELECT row FROM deliveries WHERE row <= 1000" + (f" AND ({where})" if where else "")
+    with contextlib.closing(store.open_for_reading(day / home.STORE)) as conn:
+        plan = " / ".join(step[3] for step in conn.execute(
+            f"EXPLAIN QUERY PLAN {sql} ORDER BY row DESC LIMIT 10", params))
+    assert plan.startswith(("SEARCH", "MULTI-INDEX OR")) and "SCAN" not in plan, plan
 
 
 def test_since_reads_durations_and_local_or_offset_times() -> None:
