@@ -267,6 +267,8 @@ class Store:
                 )
             except sqlite3.Error as exc:
                 results = StoreUnavailable(f"cannot write the store {self.path}: {exc}")
+            except Exception as exc:  # a bug must not kill the writer and hang every request
+                results = StoreUnavailable(f"cannot write the store {self.path}: {exc!r}")
             # One wake-up of the event loop per batch, not one per delivery.
             batch[0].loop.call_soon_threadsafe(_settle, batch, results)
             if stop:
@@ -306,6 +308,14 @@ _INSERT = """
 """
 
 
+def first_accepted_sql(count: int) -> str:
+    """The first accepted row of each of `count` event Ids (through the partial index)."""
+    return (
+        "SELECT event_id, MIN(row) FROM deliveries WHERE outcome = 'accepted' AND "
+        f"event_id IN ({','.join('?' * count)}) GROUP BY event_id"
+    )
+
+
 def _plan(
     conn: sqlite3.Connection, deliveries: list[Delivery]
 ) -> tuple[list[Saved], list[tuple[Any, ...]]]:
@@ -318,13 +328,7 @@ def _plan(
     first_accepted: dict[int, int] = {}
     for chunk in range(0, len(ids), 500):  # stay well under SQLite's variable limit
         part = ids[chunk : chunk + 500]
-        first_accepted.update(
-            conn.execute(
-                "SELECT event_id, MIN(row) FROM deliveries WHERE outcome = 'accepted' AND "
-                f"event_id IN ({','.join('?' * len(part))}) GROUP BY event_id",
-                part,
-            ).fetchall()
-        )
+        first_accepted.update(conn.execute(first_accepted_sql(len(part)), part).fetchall())
     # AUTOINCREMENT's counter never goes back, even after prune: a row number means one delivery.
     (last,) = conn.execute(
         "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0)"
@@ -342,18 +346,30 @@ def _plan(
                 first_accepted[event.id] = row
         saved.append(Saved(row, outcome, duplicate_of))
         rows.append((
-            row, d.received_at, outcome, d.http_status, d.reason, json.dumps(list(d.warnings)),
-            duplicate_of, d.remote, d.method, d.target, d.content_type,
-            json.dumps(d.headers), d.body, d.body_size,
+            row, d.received_at, outcome, d.http_status, _utf8(d.reason),
+            json.dumps(list(d.warnings)), duplicate_of, _utf8(d.remote), d.method,
+            _utf8(d.target), _utf8(d.content_type), json.dumps(d.headers), d.body, d.body_size,
             event.id if event else None,
             event.action_type if event else None,
             event.record_type if event else None,
-            str(event.unique_id) if event else None,
-            event.description if event else None,
-            event.username if event else None,
-            event.action_date if event else None,
+            _utf8(str(event.unique_id)) if event else None,
+            _utf8(event.description) if event else None,
+            _utf8(event.username) if event else None,
+            _utf8(event.action_date) if event else None,
         ))
     return saved, rows
+
+
+def _utf8(text: str | None) -> str | None:
+    """Text SQLite can keep: JSON escapes can carry unpaired surrogates (\\ud800), which UTF-8
+    cannot encode; they are kept as visible escapes (the raw body keeps the original)."""
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def read_rows(
