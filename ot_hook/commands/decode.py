@@ -26,7 +26,7 @@ EPILOG = """Examples:
 
   ot-hook decode --record "ship doc line item"  (a name back to its code: 1070)
 
-  ot-hook decode - < events.jsonl | jq .RecordTypeName  (names added to each event)
+  ot-hook decode - < events.jsonl | jq .RecordTypeName  (names added)
 """
 
 
