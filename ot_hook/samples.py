@@ -7,15 +7,11 @@ goes out as JSON, with Order Time's field names in Order Time's order.
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from ot_hook import codes
 
 Event = dict[str, Any]
 
@@ -132,35 +128,6 @@ def scenario_events(name: str, first_id: int, count: int | None = None) -> Itera
 def body(obj: Event) -> bytes:
     """The bytes that go out: compact JSON, as a .NET serializer writes it."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-# --action and --record given as a code or a name -------------------------------------------
-
-
-class UnknownName(ValueError):
-    """A name that is in neither code table; the message offers the closest names."""
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[\s_-]+", "", name).casefold()  # "sales-order" is "Sales Order"
-
-
-def resolve_code(kind: codes.Kind, text: str) -> int:
-    """A number as it is (unknown codes may be sent on purpose), or a name from the tables."""
-    text = text.strip()
-    if re.fullmatch(r"-?\d+", text):
-        return int(text)
-    table = codes.ACTIONS if kind == "action" else codes.RECORDS
-    by_key = {_key(entry.name): code for code, entry in table.items()}
-    if _key(text) in by_key:
-        return by_key[_key(text)]
-    close = difflib.get_close_matches(_key(text), list(by_key), n=3, cutoff=0.6)
-    hint = ", ".join(f"{table[by_key[k]].name} ({by_key[k]})" for k in close)
-    label = "ActionType" if kind == "action" else "RecordType"
-    raise UnknownName(
-        f"no {label} named {text!r}" + (f"; did you mean {hint}?" if hint else "")
-        + " (ot-hook decode --list shows them all)"
-    )
 
 
 # What send-sample sends ------------------------------------------------------------------

@@ -158,13 +158,10 @@ def _generated(
     from ot_hook.sender import Outgoing
 
     overrides: dict[str, Any] = {}
-    try:
-        if action is not None:
-            overrides["ActionType"] = samples.resolve_code("action", action)
-        if record is not None:
-            overrides["RecordType"] = samples.resolve_code("record", record)
-    except samples.UnknownName as exc:
-        fail(str(exc), ExitCode.USAGE)
+    if action is not None:
+        overrides["ActionType"] = _code("action", action)
+    if record is not None:
+        overrides["RecordType"] = _code("record", record)
     if unique_id is not None:
         overrides["UniqueId"] = int(unique_id) if unique_id.isdigit() else unique_id
     if date is not None and parse_action_date(date) is None:
@@ -179,6 +176,19 @@ def _generated(
                               fixed_id=event_id, overrides=overrides, now=now)
     total = count or (samples.scenario_size(scenario) if scenario else 1)
     return (Outgoing.of(samples.body(e), e) for e in events), total
+
+
+def _code(kind: codes.Kind, term: str) -> int:
+    """A code as it is (an unknown one may be sent on purpose), or a name from the tables."""
+    from ot_hook import decode
+
+    code = decode.parse_code(term)
+    if code is not None:
+        return code
+    try:
+        return decode.lookup_name(codes.BUILTIN, term, kind)[0].code
+    except decode.LookupFailed as exc:
+        fail(f"--{kind}: {exc}", ExitCode.USAGE)
 
 
 def _from_file(name: str) -> tuple[Iterator[Outgoing], int]:
