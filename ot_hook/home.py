@@ -111,6 +111,7 @@ class ServeInfo:
     user: str
     ca: str | None  # the CA file to trust, or None with --cert/--key
     started_at: str
+    forward_to: str | None = None  # serve --forward-to, the default target of replay
 
 
 def write_serve_info(state: Path, info: ServeInfo) -> None:

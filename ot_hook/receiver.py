@@ -73,6 +73,8 @@ class RequestRecord:
 
 
 RequestLogger = Callable[[RequestRecord], None]
+# Told of each stored delivery and the Authorization it came with (kept in memory only).
+AfterStore = Callable[[Saved, str | None], None]
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,14 @@ class ReceiverConfig:
     status_code: int = 200  # what accepted and duplicate deliveries are answered with
     delay: float = 0.0  # seconds to wait before answering, after the delivery is stored
     body_timeout: float = 60.0  # a body that has not fully arrived by then is refused (408)
+    relay_to: str | None = None  # serve --forward-to: accepted deliveries are queued for it
 
 
 STORE_KEY = web.AppKey("store", Store)
 CREDENTIALS_KEY = web.AppKey("credentials", Credentials)
 CONFIG_KEY = web.AppKey("config", ReceiverConfig)
 LOGGER_KEY: web.AppKey[RequestLogger] = web.AppKey("logger")
+AFTER_STORE_KEY: web.AppKey[AfterStore] = web.AppKey("after_store")
 
 
 def create_app(
@@ -95,6 +99,7 @@ def create_app(
     credentials: Credentials,
     config: ReceiverConfig | None = None,
     logger: RequestLogger | None = None,
+    after_store: AfterStore | None = None,
 ) -> web.Application:
     """The receiver application. `store` must already be open; the app does not close it."""
     config = config or ReceiverConfig()
@@ -103,6 +108,7 @@ def create_app(
     app[CREDENTIALS_KEY] = credentials
     app[CONFIG_KEY] = config
     app[LOGGER_KEY] = logger or (lambda record: None)
+    app[AFTER_STORE_KEY] = after_store or (lambda saved, authorization: None)
     app.router.add_route("*", config.path, _delivery)
     return app
 
@@ -180,6 +186,7 @@ async def _delivery(request: web.Request) -> web.StreamResponse:
         event=event,
         reason=reason,
         warnings=warnings,
+        relay_to=config.relay_to if event is not None else None,
     )
     try:
         saved = await app[STORE_KEY].save(delivery)
@@ -189,6 +196,7 @@ async def _delivery(request: web.Request) -> web.StreamResponse:
                           (time.perf_counter() - started) * 1000, event, reason=str(exc)))
         return _text(503, "The receiver cannot store deliveries right now; try again.",
                      **{"Retry-After": "5"})
+    app[AFTER_STORE_KEY](saved, request.headers.get("Authorization"))
     if config.delay > 0 and event is not None:
         await asyncio.sleep(config.delay)
     log(RequestRecord(status, saved.outcome, request.remote, body_size,

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import shlex
 import signal
+import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +22,11 @@ from typing import Literal, TextIO
 from aiohttp import web
 
 from ot_hook import __version__, certs, credentials, home
+from ot_hook.forwarder import Forwarder, ForwardTarget, describe
 from ot_hook.listener import PeekingTLSSite, bind
 from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, create_app
 from ot_hook.requestlog import StatusLog
-from ot_hook.store import Store
+from ot_hook.store import Saved, Store
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
 SHUTDOWN_TIMEOUT = 3.0  # in-flight deliveries get this long to finish after a stop request
@@ -60,6 +62,45 @@ class ServeOptions:
     quiet: bool = False
     loop: LoopChoice = "auto"
     max_store_pages: int | None = field(default=None, repr=False)  # to simulate a full disk
+    forward: ForwardOptions | None = None
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """serve --forward-to: where accepted deliveries are relayed, and how."""
+
+    url: str
+    user: str | None = None  # with a password: set Basic Auth; else pass the sender's through
+    password: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+    cacert: Path | None = None
+    insecure: bool = False
+    retries: int = 5
+
+    def target(self) -> ForwardTarget:
+        from ot_hook import sender
+
+        try:
+            sender.check_url(self.url, allow_http=True)
+        except sender.SendError as exc:
+            raise ServeError(f"--forward-to: {exc}") from None
+        if self.cacert is not None and self.insecure:
+            raise ServeError("give --forward-cacert or --forward-insecure, not both")
+        password = self.password
+        if self.password_file is not None:
+            password = credentials.read_password_file(self.password_file)
+        authorization = None
+        if self.user is not None or password is not None:
+            authorization = sender.basic_authorization(self.user or "", password or "")
+        context: ssl.SSLContext | bool = False
+        if self.url.lower().startswith("https://") and not self.insecure:
+            try:
+                context = ssl.create_default_context(
+                    cafile=str(self.cacert) if self.cacert else None
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise ServeError(f"--forward-cacert {self.cacert}: {exc}") from None
+        return ForwardTarget(self.url, context, authorization, self.retries)
 
 
 def url_for(host: str, port: int, path: str) -> str:
@@ -93,6 +134,7 @@ class Receiver:
         self._stderr = stderr
         self._exit = contextlib.ExitStack()
         self._runner: web.AppRunner | None = None
+        self._relaying: asyncio.Task[None] | None = None
         self.state = options.home
         self.url = ""
         self.port = 0
@@ -134,6 +176,10 @@ class Receiver:
         self._exit.callback(self.store.close)
         self.log = StatusLog(self._stderr, quiet=options.quiet)
         self._exit.callback(self.log.close)
+        self.forwarder: Forwarder | None = None
+        if options.forward is not None:
+            self.forwarder = Forwarder(self.store, options.forward.target(),
+                                       report=lambda result: self.log.line(describe(result)))
 
     async def _start_site(self) -> None:
         options = self.options
@@ -147,8 +193,10 @@ class Receiver:
             self.store,
             Credentials.of(self.creds.user, self.creds.password),
             ReceiverConfig(options.path, options.max_body, options.status_code, options.delay,
-                           options.idle_timeout),
+                           options.idle_timeout,
+                           options.forward.url if options.forward else None),
             logger=self.log.request,
+            after_store=self._after_store,
         )
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
@@ -159,23 +207,38 @@ class Receiver:
                               on_plain_http=self.log.plain_http,
                               idle_timeout=options.idle_timeout)
         await site.start()
+        if self.forwarder is not None:
+            self._relaying = asyncio.create_task(self.forwarder.run())
         home.write_serve_info(
             self.state,
             home.ServeInfo(
                 url=self.url, host=options.host, port=self.port, pid=os.getpid(),
                 user=self.creds.user, ca=str(self.ca_path) if self.ca_path else None,
                 started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                forward_to=options.forward.url if options.forward else None,
             ),
         )
         self._exit.callback(home.remove_serve_info, self.state, os.getpid())
         self.log.line(banner(options, self.state, self.url, self.creds, self.local_ca,
                              self.ca_path))
 
+    def _after_store(self, saved: Saved, authorization: str | None) -> None:
+        if self.forwarder is None or saved.outcome == "rejected":
+            return
+        if authorization:  # passed through to the app while we run; never stored
+            self.forwarder.live_authorization[saved.row] = authorization
+        self.forwarder.wake()
+
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             if self._runner is not None:
                 await self._runner.cleanup()  # stop accepting, finish in-flight requests
                 self._runner = None
+            if self._relaying is not None:  # what is not relayed yet waits in the store
+                self._relaying.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._relaying
+                self._relaying = None
         finally:
             self._exit.close()  # serve.json, store (commits what is queued), log, lock
 
@@ -261,6 +324,8 @@ def banner(
     else:
         lines.append(f"  certificate  {options.cert}")
     lines.append(f"  store        {state / home.STORE}")
+    if options.forward is not None:
+        lines.append(f"  forward to   {options.forward.url}")
     curl = ["curl"]
     if ca_path is not None:
         curl += ["--cacert", str(ca_path)]

@@ -15,13 +15,14 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ot_hook.events import AuditEvent
 
+T = TypeVar("T")
 Outcome = Literal["accepted", "duplicate", "rejected"]
 OUTCOMES: tuple[Outcome, ...] = ("accepted", "duplicate", "rejected")
 
@@ -64,6 +65,30 @@ MIGRATIONS: dict[int, str] = {
             WHERE outcome = 'duplicate';
         CREATE INDEX deliveries_unique_id ON deliveries (unique_id);
     """,
+    # serve --forward-to: what is still to relay survives a restart or a crash, and every
+    # attempt's outcome is kept with the delivery it relayed.
+    3: """
+        CREATE TABLE relays (
+            row         INTEGER PRIMARY KEY,  -- the delivery's row
+            target      TEXT NOT NULL,        -- the URL it goes to
+            record_key  TEXT NOT NULL,        -- RecordType:UniqueId, relayed in arrival order
+            state       TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            next_at     REAL NOT NULL DEFAULT 0  -- when to try again (Unix time)
+        );
+        CREATE INDEX relays_pending ON relays (row) WHERE state = 'pending';
+        CREATE TABLE relay_attempts (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            row           INTEGER NOT NULL,   -- the delivery's row
+            attempt       INTEGER NOT NULL,
+            attempted_at  TEXT NOT NULL,      -- UTC, ISO 8601 with Z
+            status        INTEGER,            -- the target's HTTP status, NULL when none came
+            millis        REAL NOT NULL,
+            error         TEXT,
+            state         TEXT NOT NULL       -- the relay's state after this attempt
+        );
+        CREATE INDEX relay_attempts_row ON relay_attempts (row);
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -92,6 +117,7 @@ class Delivery:
     event: AuditEvent | None = None  # None means rejected
     reason: str | None = None
     warnings: Sequence[str] = ()
+    relay_to: str | None = None  # serve --forward-to: queue it for relaying in the same commit
 
 
 @dataclass(frozen=True)
@@ -208,6 +234,15 @@ class _Pending:
 
 
 @dataclass
+class _Job:
+    """Other writes (relay outcomes) go through the same single writer."""
+
+    work: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+@dataclass
 class Store:
     """The writing side of the store, shared by every request of one receiver."""
 
@@ -215,7 +250,7 @@ class Store:
     max_pages: int | None = None
     max_batch: int = 1000
     _conn: sqlite3.Connection | None = field(default=None, init=False, repr=False)
-    _queue: queue.SimpleQueue[_Pending | None] = field(
+    _queue: queue.SimpleQueue[_Pending | _Job | None] = field(
         default_factory=queue.SimpleQueue, init=False, repr=False
     )
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
@@ -244,50 +279,92 @@ class Store:
         self._queue.put(_Pending(delivery, loop, future))
         return await future
 
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the writer's connection in a transaction of its own, off the loop."""
+        if self._thread is None:
+            raise StoreUnavailable("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(work, loop, future))
+        return await future
+
     # The writer thread: take everything waiting, commit it in one transaction, answer each.
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
+            items = [self._queue.get()]
+            while len(items) < self.max_batch:
                 try:
-                    item = self._queue.get_nowait()
+                    items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            try:
-                results: list[Saved] | StoreUnavailable = self._write(
-                    [pending.delivery for pending in batch]
-                )
-            except sqlite3.Error as exc:
-                results = StoreUnavailable(f"cannot write the store {self.path}: {exc}")
-            except Exception as exc:  # a bug must not kill the writer and hang every request
-                results = StoreUnavailable(f"cannot write the store {self.path}: {exc!r}")
-            # One wake-up of the event loop per batch, not one per delivery.
-            batch[0].loop.call_soon_threadsafe(_settle, batch, results)
-            if stop:
+            batch = [item for item in items if isinstance(item, _Pending)]
+            if batch:
+                results = self._guarded(self._write, [p.delivery for p in batch])
+                # One wake-up of the event loop per batch, not one per delivery.
+                batch[0].loop.call_soon_threadsafe(_settle, batch, results)
+            for job in items:
+                if isinstance(job, _Job):
+                    result = self._guarded(self._transaction, job.work)
+                    job.loop.call_soon_threadsafe(_settle_job, job.future, result)
+            if None in items:
                 return
+
+    def _guarded(self, write: Callable[[Any], Any], argument: Any) -> Any:
+        """The result of `write`, or the StoreUnavailable that a failed write becomes."""
+        try:
+            return write(argument)
+        except sqlite3.Error as exc:
+            return StoreUnavailable(f"cannot write the store {self.path}: {exc}")
+        except Exception as exc:  # a bug must not kill the writer and hang every request
+            return StoreUnavailable(f"cannot write the store {self.path}: {exc!r}")
 
     def _write(self, deliveries: list[Delivery]) -> list[Saved]:
         """Insert `deliveries` in one transaction: one fsync for the whole batch."""
+
+        def insert(conn: sqlite3.Connection) -> list[Saved]:
+            saved, rows = _plan(conn, deliveries)
+            conn.executemany(_INSERT, rows)
+            relays = [
+                (s.row, d.relay_to, _record_key(d))
+                for s, d in zip(saved, deliveries, strict=True)
+                if d.relay_to is not None and s.outcome != "rejected"
+            ]
+            if relays:
+                conn.executemany(
+                    "INSERT INTO relays (row, target, record_key, state) "
+                    "VALUES (?, ?, ?, 'pending')", relays,
+                )
+            return saved
+
+        return self._transaction(insert)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            saved, rows = _plan(conn, deliveries)
-            conn.executemany(_INSERT, rows)
+            result = work(conn)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-        return saved
+        return result
+
+
+def _record_key(d: Delivery) -> str:
+    """Relays of one record (RecordType and UniqueId together) keep their arrival order."""
+    assert d.event is not None
+    return f"{d.event.record_type}:{d.event.unique_id}"
+
+
+def _settle_job(future: asyncio.Future[Any], result: Any) -> None:
+    if future.done():
+        return
+    if isinstance(result, StoreUnavailable):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def _settle(batch: list[_Pending], results: list[Saved] | StoreUnavailable) -> None:

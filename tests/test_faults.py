@@ -116,7 +116,7 @@ def test_sigkill_loses_no_acknowledged_delivery(state: Path) -> None:
 
 async def test_a_full_store_gets_503_then_recovers_by_itself(state: Path) -> None:
     err = io.StringIO()
-    async with running(state, stderr=err, max_store_pages=12) as receiver:
+    async with running(state, stderr=err, max_store_pages=20) as receiver:
         statuses = []
         for n in range(40):
             statuses.append((await post(receiver, sample(n, Description="x" * 2000))).status)

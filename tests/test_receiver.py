@@ -241,7 +241,7 @@ async def test_status_code_and_delay_change_the_answer_but_still_store(state: Pa
 
 async def test_a_store_that_cannot_be_written_gets_503_never_200(state: Path) -> None:
     # A tiny page budget stands in for a full disk: the schema fits, deliveries soon do not.
-    async with running(state, max_store_pages=8) as receiver:
+    async with running(state, max_store_pages=16) as receiver:
         statuses = [
             (await post(receiver, sample(n, Description="x" * 3000))).status for n in range(20)
         ]

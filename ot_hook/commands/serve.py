@@ -73,6 +73,41 @@ def serve(
         typer.Option(min=0.1, help="Close a connection that sends nothing, or stops halfway "
                      "through a request, after this many seconds."),
     ] = 60.0,
+    forward_to: Annotated[
+        str | None,
+        typer.Option(help="Relay each accepted delivery to your own app at this URL "
+                     "(http:// or https://), after it is stored and answered.",
+                     rich_help_panel="Forwarding"),
+    ] = None,
+    forward_user: Annotated[
+        str | None,
+        typer.Option(help="Basic Auth user for --forward-to. Without it, the sender's own "
+                     "Authorization is passed through (live only, never stored).",
+                     rich_help_panel="Forwarding"),
+    ] = None,
+    forward_password: Annotated[
+        str | None,
+        typer.Option(envvar="OT_HOOK_FORWARD_PASSWORD", help="Basic Auth password for "
+                     "--forward-to.", rich_help_panel="Forwarding"),
+    ] = None,
+    forward_password_file: Annotated[
+        Path | None,
+        typer.Option(help="Read the --forward-to password from this file.", dir_okay=False,
+                     rich_help_panel="Forwarding"),
+    ] = None,
+    forward_cacert: Annotated[
+        Path | None,
+        typer.Option(help="Trust this CA (PEM) for an https:// --forward-to.", dir_okay=False,
+                     rich_help_panel="Forwarding"),
+    ] = None,
+    forward_insecure: Annotated[
+        bool, typer.Option(help="Do not verify the certificate of --forward-to.",
+                           rich_help_panel="Forwarding"),
+    ] = False,
+    forward_retries: Annotated[
+        int, typer.Option(min=0, max=100, help="Retries of a relay after a connection error, "
+                          "timeout, 429 or 5xx, with backoff.", rich_help_panel="Forwarding"),
+    ] = 5,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No line per request; only the banner.")
     ] = False,
@@ -98,6 +133,10 @@ def serve(
         host=host, port=port, path=path, max_body=max_body, hostnames=tuple(hostname or ()),
         cert=cert, key=key, key_type=key_kind, status_code=status_code, delay=delay,
         idle_timeout=idle_timeout,
+        forward=serving.ForwardOptions(
+            forward_to, forward_user, forward_password, forward_password_file, forward_cacert,
+            forward_insecure, forward_retries,
+        ) if forward_to else None,
         quiet=quiet, loop=loop,  # type: ignore[arg-type]
     )
     try:

@@ -1,0 +1,206 @@
+"""serve --forward-to: relay accepted deliveries to the user's own app, from the store.
+
+The receiver queues a relay in the same commit that stores the delivery (the `relays` table),
+so a restart or a crash resumes what was not relayed yet. The relay runs beside the receiver
+and never touches the answer to the original sender. Relays of one record (RecordType and
+UniqueId together) go out one at a time in arrival order, so a Create is never relayed after
+its Change Status; a record waiting for a retry does not hold up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sqlite3
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+
+from ot_hook import store
+from ot_hook.sender import backoff, retry_after
+
+DEFAULT_RETRIES = 5  # attempts after the first, for connection errors, timeouts, 429 and 5xx
+TIMEOUT = 10.0  # seconds for one attempt
+CONCURRENCY = 8  # records relayed at once
+IDLE_POLL = 1.0  # seconds between looks at the store when nothing woke us
+
+
+@dataclass(frozen=True)
+class ForwardTarget:
+    url: str
+    ssl: ssl.SSLContext | bool  # False: plain http, or --forward-insecure
+    authorization: str | None  # None: pass the sender's own header through (live only)
+    retries: int = DEFAULT_RETRIES
+
+
+@dataclass(frozen=True)
+class Relay:
+    row: int
+    record_key: str
+    attempts: int
+    next_at: float
+    body: bytes
+    content_type: str | None
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """One attempt, as stored in relay_attempts and shown by tail."""
+
+    row: int
+    attempt: int
+    status: int | None
+    millis: float
+    error: str | None
+    state: str  # the relay's state after it: pending (will retry), delivered or failed
+    retry_in: float | None = None
+
+
+def outcome_of(
+    status: int | None, attempt: int, retries: int, hinted: float | None
+) -> tuple[str, float | None]:
+    """The relay's next state, and the seconds until the next attempt when it is retried."""
+    if status is not None and 200 <= status < 300:
+        return "delivered", None
+    retryable = status is None or status == 429 or status >= 500
+    if not retryable or attempt > retries:
+        return "failed", None
+    return "pending", backoff(attempt, hinted)
+
+
+class Forwarder:
+    """Relays what the `relays` table holds; `wake()` after each stored delivery."""
+
+    def __init__(
+        self,
+        writer: store.Store,
+        target: ForwardTarget,
+        report: Callable[[AttemptResult], None] | None = None,
+    ) -> None:
+        self._writer = writer
+        self._target = target
+        self._report = report or (lambda result: None)
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}  # by record key
+        self.live_authorization: dict[int, str] = {}  # row -> header passed through, in memory
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay until cancelled; attempts in flight are cancelled with it and retried later."""
+        connector = aiohttp.TCPConnector(ssl=self._target.ssl, limit=CONCURRENCY)
+        reader = await asyncio.to_thread(store.open_for_reading, self._writer.path)
+        try:
+            async with aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+            ) as session:
+                while True:
+                    self._wake.clear()
+                    due = await asyncio.to_thread(pending_relays, reader)
+                    next_wake = self._start_due(session, due)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), next_wake)
+        finally:
+            for task in self._in_flight.values():
+                task.cancel()
+            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+            reader.close()
+
+    def _start_due(self, session: aiohttp.ClientSession, relays: list[Relay]) -> float:
+        """Start the first pending relay of each record that is due; seconds until the next."""
+        now = time.time()
+        next_wake = IDLE_POLL
+        seen: set[str] = set()
+        for relay in relays:  # in row order
+            if relay.record_key in seen or relay.record_key in self._in_flight:
+                continue  # a later relay of this record waits for the earlier one
+            seen.add(relay.record_key)
+            if relay.next_at > now:
+                next_wake = min(next_wake, relay.next_at - now)
+                continue
+            if len(self._in_flight) >= CONCURRENCY:
+                break
+            task = asyncio.create_task(self._relay(session, relay))
+            self._in_flight[relay.record_key] = task
+            task.add_done_callback(functools.partial(self._done, relay.record_key))
+        return max(next_wake, 0.01)
+
+    def _done(self, record_key: str, _: object) -> None:
+        self._in_flight.pop(record_key, None)
+        self._wake.set()  # the next relay of that record may go now
+
+    async def _relay(self, session: aiohttp.ClientSession, relay: Relay) -> None:
+        attempt = relay.attempts + 1
+        headers = {}
+        if relay.content_type:
+            headers["Content-Type"] = relay.content_type
+        authorization = self._target.authorization or self.live_authorization.get(relay.row)
+        if authorization:
+            headers["Authorization"] = authorization
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        hinted: float | None = None
+        try:
+            async with session.post(self._target.url, data=relay.body, headers=headers) as answer:
+                await answer.read()
+                status = answer.status
+                hinted = retry_after(answer.headers.get("Retry-After"))
+        except TimeoutError:
+            error = f"no answer within {TIMEOUT:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            error = _reason(exc)
+        millis = (time.perf_counter() - started) * 1000
+        state, retry_in = outcome_of(status, attempt, self._target.retries, hinted)
+        result = AttemptResult(relay.row, attempt, status, millis, error, state, retry_in)
+        await self._writer.run(lambda conn: record_attempt(conn, result))
+        if state != "pending":
+            self.live_authorization.pop(relay.row, None)
+        self._report(result)
+
+
+def pending_relays(reader: sqlite3.Connection, limit: int = 1000) -> list[Relay]:
+    """The oldest pending relays with their bodies, in one short read transaction."""
+    rows = reader.execute(
+        "SELECT r.row, r.record_key, r.attempts, r.next_at, d.body, d.content_type "
+        "FROM relays AS r JOIN deliveries AS d ON d.row = r.row "
+        "WHERE r.state = 'pending' ORDER BY r.row LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [Relay(*row) for row in rows]
+
+
+def record_attempt(conn: sqlite3.Connection, result: AttemptResult) -> None:
+    next_at = time.time() + result.retry_in if result.retry_in is not None else 0
+    conn.execute(
+        "UPDATE relays SET state = ?, attempts = ?, next_at = ? WHERE row = ?",
+        (result.state, result.attempt, next_at, result.row),
+    )
+    conn.execute(
+        "INSERT INTO relay_attempts (row, attempt, attempted_at, status, millis, error, state)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (result.row, result.attempt, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+         result.status, result.millis, result.error, result.state),
+    )
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"cannot connect: {error.strerror or error}"
+    return str(error) or error.__class__.__name__
+
+
+def describe(result: AttemptResult) -> str:
+    """A status line for serve's log."""
+    got = f"{result.status}" if result.status is not None else result.error or "no answer"
+    line = f"relay row {result.row} attempt {result.attempt}: {got} ({result.millis:.0f} ms)"
+    if result.state == "pending" and result.retry_in is not None:
+        return f"{line}, retrying in {result.retry_in:.1f} s"
+    return f"{line}, {result.state}"
+
