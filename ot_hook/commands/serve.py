@@ -15,9 +15,9 @@ EPILOG = """Examples:
 
   OT_HOOK_USER=demo OT_HOOK_PASSWORD=s3cret ot-hook serve
 
-  ot-hook serve --port 0 --home ./state      (a free port, a state directory of its own)
+  ot-hook serve --port 0 --home ./state     (a free port, state of its own)
 
-  ot-hook serve --status-code 500 --delay 2  (see how a sender copes with a slow, failing endpoint)
+  ot-hook serve --forward-to http://localhost:3000/hook   (relay to your app)
 """
 
 

@@ -1,0 +1,1 @@
+complete --command ot-hook --no-files --arguments "(env _OT_HOOK_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) ot-hook)" --condition "env _OT_HOOK_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) ot-hook"
