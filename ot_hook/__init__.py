@@ -1,8 +1,5 @@
 """ot-hook: a local HTTPS receiver, sender and live viewer for Order Time's webhook."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("ot-hook")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+# The one place the version is written; pyproject.toml reads it from here. A constant, not
+# importlib.metadata, because every start (and every TAB of completion) pays for that lookup.
+__version__ = "0.1.0"

@@ -8,7 +8,6 @@ that checkpoints can run.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -18,9 +17,12 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ot_hook.events import AuditEvent
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 Outcome = Literal["accepted", "duplicate", "rejected"]
@@ -274,6 +276,8 @@ class Store:
         """Commit `delivery` durably and say how it was stored; raises `StoreUnavailable`."""
         if self._thread is None:
             raise StoreUnavailable("the store is closed")
+        import asyncio  # here: tail and prune read the store without an event loop
+
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Saved] = loop.create_future()
         self._queue.put(_Pending(delivery, loop, future))
@@ -283,6 +287,8 @@ class Store:
         """Run `work` on the writer's connection in a transaction of its own, off the loop."""
         if self._thread is None:
             raise StoreUnavailable("the store is closed")
+        import asyncio
+
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(work, loop, future))
