@@ -173,9 +173,10 @@ class Outgoing:
     action_type: int | None = None
     record_type: int | None = None
     unique_id: int | str | None = None
+    content_type: str | None = None  # None: application/json; replay keeps the original
 
     @classmethod
-    def of(cls, body: bytes, obj: Any = None) -> Outgoing:
+    def of(cls, body: bytes, obj: Any = None, *, content_type: str | None = None) -> Outgoing:
         """`obj` is the parsed body when the caller has it; else it is parsed, best effort."""
         if obj is None:
             try:
@@ -183,7 +184,7 @@ class Outgoing:
             except (ValueError, RecursionError):
                 obj = None
         if not isinstance(obj, dict):
-            return cls(body)
+            return cls(body, content_type=content_type)
 
         def integer(name: str) -> int | None:
             value = obj.get(name)
@@ -191,7 +192,7 @@ class Outgoing:
 
         unique = obj.get("UniqueId")
         return cls(body, integer("Id"), integer("ActionType"), integer("RecordType"),
-                   unique if isinstance(unique, (int, str)) else None)
+                   unique if isinstance(unique, (int, str)) else None, content_type)
 
 
 @dataclass(frozen=True)
@@ -415,8 +416,9 @@ class Sender:
 
     async def _attempt(self, session: aiohttp.ClientSession, delivery: Outgoing) -> _Attempt:
         try:
+            headers = {"Content-Type": delivery.content_type} if delivery.content_type else None
             async with session.post(
-                self.target.url, data=delivery.body, allow_redirects=False
+                self.target.url, data=delivery.body, headers=headers, allow_redirects=False
             ) as response:
                 text = (await response.read()).decode("utf-8", "replace")
                 message = _first_line(text) or (response.reason or "")

@@ -329,6 +329,17 @@ async def test_file_arrives_byte_for_byte(
     assert run.code == code, run.err  # {"Id":11} is no Audit Trail object: 422
 
 
+async def test_a_delivery_can_carry_its_own_content_type(
+    state: Path, receiver: Receiver
+) -> None:
+    target = sender.target(receiver.url, USER, PASSWORD, state=state)
+    plain = sender.Outgoing.of(b'{"Id": 1}', content_type="text/plain")
+    summary = await sender.Sender(target).run([plain, sender.Outgoing.of(b'{"Id": 2}')])
+    assert summary.sent == 2
+    assert [row.content_type for row in stored(state)] == [
+        "text/plain", "application/json; charset=utf-8"]
+
+
 async def test_file_with_generating_options_or_bad_json_is_refused(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, state: Path
 ) -> None:
