@@ -1,4 +1,5 @@
-"""A stored delivery shown to a person (a rich Text line) or to a program (a JSON object).
+"""A stored delivery, or an attempt to relay one, shown to a person (a rich Text line) or to a
+program (a JSON object).
 
 Text from a delivery never acts as markup (it goes into `Text` as plain strings) and never
 moves the cursor (control characters are shown as escapes by `printable`).
@@ -19,11 +20,15 @@ from ot_hook.textsafe import printable
 if TYPE_CHECKING:  # rich is imported only when a person is looking
     from rich.text import Text
 
+    from ot_hook.tail import RelayAttempt
+
 BADGES = {
     "accepted": ("accepted ", "bold green"),
     "duplicate": ("duplicate", "bold yellow"),
     "rejected": ("rejected ", "bold red"),
 }
+RELAY_BADGE = "relay    "  # as wide as the outcome badges, so the columns line up
+RELAY_STYLES = {"delivered": "green", "pending": "yellow", "failed": "red"}
 ACTION_STYLES = {1: "green", 2: "blue", 3: "red", 4: "magenta"}
 UNKNOWN_CODE_STYLE = "dim"
 ACTION_WIDTH = len("Change Status")
@@ -62,6 +67,25 @@ def to_json(delivery: StoredDelivery) -> dict[str, Any]:
 def json_line(delivery: StoredDelivery) -> str:
     # ASCII only: any reader can take it, whatever the locale, and no byte can be an escape.
     return json.dumps(to_json(delivery), ensure_ascii=True)
+
+
+def relay_to_json(attempt: RelayAttempt) -> dict[str, Any]:
+    """A relay attempt as `tail --json` prints it. `relay_of` (the delivery's row) tells it
+    apart from a delivery, which has `row` instead."""
+    a = attempt
+    return {
+        "relay_of": a.row,
+        "attempt": a.attempt,
+        "attempted_at": a.attempted_at,
+        "status": a.status,
+        "millis": round(a.millis, 1),
+        "error": a.error,
+        "state": a.state,
+    }
+
+
+def relay_json_line(attempt: RelayAttempt) -> str:
+    return json.dumps(relay_to_json(attempt), ensure_ascii=True)
 
 
 def parsed_event(delivery: StoredDelivery) -> Any:
@@ -129,6 +153,37 @@ def line(delivery: StoredDelivery, *, utc: bool = False, tz: tzinfo | None = Non
         text.append(f"  (duplicate of #{d.duplicate_of})", style="yellow")
     for warning in d.warnings:
         text.append("  ! " + printable(warning), style="yellow")
+    return text
+
+
+def relay_line(attempt: RelayAttempt, *, utc: bool = False, tz: tzinfo | None = None) -> Text:
+    """One line for a terminal: the delivery's row, when, and what the user's app made of it,
+    e.g. `#12  ...  relay  → 200 in 5 ms (delivered)` or
+    `#12  ...  relay  attempt 2: cannot connect: Connection refused, retrying`."""
+    from rich.text import Text
+
+    a = attempt
+    style = RELAY_STYLES.get(a.state, "cyan")
+    text = Text(no_wrap=False)
+    text.append(f"#{a.row:<5} ", style="dim")
+    text.append(format_time(a.attempted_at, utc=utc, tz=tz) + "  ")
+    text.append(RELAY_BADGE, style="bold " + style)
+    text.append("  ")
+    if a.attempt > 1:
+        text.append(f"attempt {a.attempt}")
+    millis = f"{a.millis:.0f}" if a.millis >= 10 else f"{a.millis:.1f}"
+    if a.status is not None:
+        text.append(" → " if a.attempt > 1 else "→ ")
+        text.append(str(a.status), style="bold " + style)
+        text.append(f" in {millis} ms")
+    else:
+        text.append(": " if a.attempt > 1 else "")
+        text.append(printable(a.error or "no answer"), style=style)
+        text.append(f" ({millis} ms)", style="dim")
+    if a.state == "pending":
+        text.append(", retrying", style=style)
+    else:
+        text.append(f" ({printable(a.state)})", style=style)
     return text
 
 

@@ -1,5 +1,8 @@
 """Reading the store as deliveries arrive: filters as SQL, the last N rows, then follow.
 
+While following it also shows each attempt `serve --forward-to` makes to relay a delivery
+(the `relay_attempts` table, store migration 3), interleaved with the deliveries.
+
 The reader must never get in the receiver's way: it uses a read-only connection, fetches each
 result whole so every read transaction ends at once, and asks SQLite `PRAGMA data_version`
 (which only looks at shared memory) whether anything was committed before it queries rows.
@@ -181,6 +184,40 @@ def _schema_pending(path: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class RelayAttempt:
+    """One attempt of `serve --forward-to` to relay delivery `row` to the user's app."""
+
+    id: int
+    row: int  # the delivery's row
+    attempt: int  # 1 for the first try
+    attempted_at: str  # UTC, ISO 8601 with Z
+    status: int | None  # the app's HTTP status; None when no answer came
+    millis: float
+    error: str | None
+    state: str  # the relay's state after this attempt: pending, delivered or failed
+
+
+Shown = store.StoredDelivery | RelayAttempt
+
+
+@dataclass(frozen=True)
+class Marks:
+    """How far the store has got, read in one transaction so the two agree."""
+
+    row: int  # the highest delivery row given out
+    attempt: int | None  # the highest relay attempt id; None: no relay_attempts table (yet)
+
+
+def marks(conn: sqlite3.Connection) -> Marks:
+    row, attempt, relays = conn.execute(
+        "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), "
+        "(SELECT seq FROM sqlite_sequence WHERE name = 'relay_attempts'), "
+        "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'relay_attempts')"
+    ).fetchone()
+    return Marks(int(row or 0), int(attempt or 0) if relays else None)
+
+
 def last_row(conn: sqlite3.Connection) -> int:
     """The highest row number ever given out (AUTOINCREMENT: never reused, even after prune)."""
     found = conn.execute(
@@ -213,6 +250,48 @@ def between(
         after = rows[-1].row
 
 
+def attempts_between(
+    conn: sqlite3.Connection, filters: Filters, after: int, up_to: int
+) -> Iterator[RelayAttempt]:
+    """Relay attempts with ids in (after, up_to] whose delivery matches `filters` (and is still
+    stored), oldest first, read a batch at a time."""
+    where, params = filters.sql()
+    # A correlated lookup by the delivery's row: the filter's column names resolve to
+    # `deliveries` inside it, whatever columns relay_attempts has or gets.
+    exists = "SELECT 1 FROM deliveries WHERE deliveries.row = a.row" + (
+        f" AND ({where})" if where else ""
+    )
+    while after < up_to:
+        rows = conn.execute(
+            "SELECT a.id, a.row, a.attempt, a.attempted_at, a.status, a.millis, a.error, a.state"
+            f" FROM relay_attempts AS a WHERE a.id > ? AND a.id <= ? AND EXISTS ({exists})"
+            f" ORDER BY a.id LIMIT {BATCH}",
+            [after, up_to, *params],
+        ).fetchall()
+        yield from (RelayAttempt(*row) for row in rows)
+        if len(rows) < BATCH:
+            return
+        after = rows[-1][0]
+
+
+def interleave(
+    found: Iterator[store.StoredDelivery], attempts: Iterator[RelayAttempt]
+) -> Iterator[Shown]:
+    """Both streams merged as near to commit order as their times tell, each kept in its own
+    order, and an attempt never before its own delivery."""
+    delivery = next(found, None)
+    for attempt in attempts:
+        while delivery is not None and (
+            delivery.row <= attempt.row or delivery.received_at <= attempt.attempted_at
+        ):
+            yield delivery
+            delivery = next(found, None)
+        yield attempt
+    if delivery is not None:
+        yield delivery
+        yield from found
+
+
 def _bounded(filters: Filters, bound: str, bound_params: list[Any]) -> tuple[str, list[Any]]:
     where, params = filters.sql()
     return (f"{bound} AND ({where})" if where else bound), [*bound_params, *params]
@@ -221,12 +300,14 @@ def _bounded(filters: Filters, bound: str, bound_params: list[Any]) -> tuple[str
 @dataclass
 class Follow:
     """What to read: the store at `path`, the last `last` matching rows, then (when `follow`)
-    every new matching row until `stop()` says so."""
+    every new matching row, and (when `relays`) every relay attempt of a matching row, until
+    `stop()` says so."""
 
     path: Path
     filters: Filters = field(default_factory=Filters)
     last: int = 10
     follow: bool = True
+    relays: bool = True
     poll_interval: float = POLL_INTERVAL
     wait_interval: float = WAIT_INTERVAL
     recheck_interval: float = RECHECK_INTERVAL
@@ -239,14 +320,19 @@ def deliveries(
     stop: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
-) -> Iterator[store.StoredDelivery]:
-    """Yield stored deliveries as `spec` asks. Raises NoStore (not following, no store) and
-    StoreError (a store that cannot be read)."""
+) -> Iterator[Shown]:
+    """Yield stored deliveries (and, while following, relay attempts) as `spec` asks. Raises
+    NoStore (not following, no store) and StoreError (a store that cannot be read)."""
     conn = _wait_for_store(spec, status, stop, sleep)
     if conn is None:
         return
     try:
-        seen = last_row(conn)
+        at = marks(conn)
+        seen = at.row
+        # The backlog is deliveries only; relay attempts are shown from now on. None: the store
+        # has no relay_attempts table yet (an older schema, or one being made), so every
+        # attempt is new once it appears.
+        relays_seen = at.attempt
         yield from latest(conn, spec.filters, spec.last, seen)
         if not spec.follow:
             return
@@ -266,14 +352,22 @@ def deliveries(
                     if reopened is None:
                         return
                     conn = reopened
-                    seen, identity, changed = 0, _identity(spec.path), True
-                changed = changed or last_row(conn) != seen  # a safety net; cheap
+                    seen, relays_seen, identity, changed = 0, None, _identity(spec.path), True
+                at = marks(conn)  # a safety net; cheap
+                changed = changed or at.row != seen or (spec.relays and at.attempt != relays_seen)
             if not changed:
                 continue
             version = _data_version(conn)  # before reading: nothing committed after is lost
-            newest = last_row(conn)
-            yield from between(conn, spec.filters, seen, newest)
-            seen = newest
+            at = marks(conn)
+            found = between(conn, spec.filters, seen, at.row)
+            if spec.relays and at.attempt is not None:
+                after = relays_seen or 0
+                yield from interleave(found, attempts_between(conn, spec.filters, after,
+                                                              at.attempt))
+                relays_seen = at.attempt
+            else:
+                yield from found
+            seen = at.row
     finally:
         conn.close()
 
@@ -322,24 +416,31 @@ class Look:
     tz: tzinfo | None = None  # None: the system's zone
 
 
-def printer(terminal: Terminal, look: Look) -> Callable[[store.StoredDelivery], None]:
-    """A function that shows one delivery on `terminal.stdout` and flushes at once."""
+def printer(terminal: Terminal, look: Look) -> Callable[[Shown], None]:
+    """A function that shows one delivery or relay attempt on `terminal.stdout` and flushes
+    at once."""
     out = terminal.stdout
     if look.json_lines or not terminal.pretty:
 
-        def print_json(delivery: store.StoredDelivery) -> None:
-            out.write(render.json_line(delivery) + "\n")
+        def print_json(item: Shown) -> None:
+            if isinstance(item, RelayAttempt):
+                out.write(render.relay_json_line(item) + "\n")
+            else:
+                out.write(render.json_line(item) + "\n")
             out.flush()
 
         return print_json
 
     console = terminal.console()
 
-    def print_line(delivery: store.StoredDelivery) -> None:
+    def print_line(item: Shown) -> None:
         # soft_wrap: one delivery stays one line; the terminal wraps it, not rich
-        console.print(render.line(delivery, utc=look.utc, tz=look.tz), soft_wrap=True)
-        if look.verbose:
-            console.print(render.details(delivery), soft_wrap=True)
+        if isinstance(item, RelayAttempt):
+            console.print(render.relay_line(item, utc=look.utc, tz=look.tz), soft_wrap=True)
+        else:
+            console.print(render.line(item, utc=look.utc, tz=look.tz), soft_wrap=True)
+            if look.verbose:
+                console.print(render.details(item), soft_wrap=True)
         out.flush()
 
     return print_line
@@ -352,11 +453,12 @@ def run(
     *,
     stop: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Show what `spec` asks for on `terminal`; returns how many deliveries were shown."""
+    """Show what `spec` asks for on `terminal`; returns how many lines (deliveries and relay
+    attempts) were shown."""
     show = printer(terminal, look or Look())
     shown = 0
-    for delivery in deliveries(spec, status=terminal.status, stop=stop):
-        show(delivery)
+    for item in deliveries(spec, status=terminal.status, stop=stop):
+        show(item)
         shown += 1
     return shown
 

@@ -17,7 +17,7 @@ EPILOG = """Examples:
 
   ot-hook tail --action "change status" --record "sales order" --since 1h
 
-  ot-hook tail -n 0 --json | jq .event          (a JSON object per delivery)
+  ot-hook tail -n 0 --json --no-relays | jq .event    (an object per delivery)
 """
 
 
@@ -28,6 +28,13 @@ def tail(
     follow: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Keep showing new deliveries as they "
                            "arrive, across receiver restarts.")
+    ] = True,
+    relays: Annotated[
+        bool, typer.Option("--relays/--no-relays", help="While following, also show each "
+                           "attempt of 'serve --forward-to' to relay a shown delivery. In JSON: "
+                           "relay_of (the delivery's row), attempt, attempted_at, status (null "
+                           "when no answer came), millis, error, state (pending, delivered or "
+                           "failed).")
     ] = True,
     json_lines: Annotated[
         bool, typer.Option("--json", help="One JSON object per line (also whenever stdout is "
@@ -73,7 +80,8 @@ def tail(
     ] = None,
     home: HomeOption = None,
 ) -> None:
-    """Show the last stored deliveries, decoded, then follow new ones live."""
+    """Show the last stored deliveries, decoded, then follow new ones live, and how each was
+    relayed by 'serve --forward-to'."""
     from ot_hook import home as state
     from ot_hook import store
     from ot_hook import tail as tailing
@@ -86,7 +94,8 @@ def tail(
         )
     except tailing.FilterError as exc:
         fail(str(exc), ExitCode.USAGE)
-    spec = tailing.Follow(resolve_home(home) / state.STORE, filters, last=lines, follow=follow)
+    spec = tailing.Follow(resolve_home(home) / state.STORE, filters, last=lines, follow=follow,
+                          relays=relays)
     look = tailing.Look(json_lines=json_lines, verbose=verbose, utc=utc)
     try:
         tailing.run(spec, Terminal(), look)
