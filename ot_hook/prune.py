@@ -10,6 +10,7 @@ from ot_hook import store
 from ot_hook.tail import stored_time
 
 BATCH = 5000  # rows per transaction: the receiver's writer waits for one batch at most
+RELAY_TABLES = ("relay_attempts", "relays")  # serve --forward-to's rows, by the delivery's row
 
 
 class NoStore(Exception):
@@ -17,7 +18,8 @@ class NoStore(Exception):
 
 
 def prune(path: Path, before: datetime | None) -> int:
-    """Delete deliveries received before `before` (all of them when None); return how many.
+    """Delete deliveries received before `before` (all of them when None), and what
+    `serve --forward-to` kept about relaying them; return how many deliveries went.
 
     Row numbers are never reused (AUTOINCREMENT), so a following `tail` is not confused.
     Raises NoStore, and StoreError when the store cannot be written.
@@ -25,19 +27,24 @@ def prune(path: Path, before: datetime | None) -> int:
     if not path.exists():
         raise NoStore(f"no store at {path}; nothing to prune")
     where, params = ("received_at < ?", [stored_time(before)]) if before else ("1", [])
-    conn = store.open_for_writing(path)
+    batch = f"SELECT row FROM deliveries WHERE {where} ORDER BY row LIMIT {BATCH}"
+    conn = store.open_for_writing(path)  # brings the schema up to date: the relay tables exist
     deleted = 0
     try:
         while True:
-            cursor = conn.execute(
-                "DELETE FROM deliveries WHERE row IN "
-                f"(SELECT row FROM deliveries WHERE {where} ORDER BY row LIMIT {BATCH})",
-                params,
-            )
+            # One transaction per batch, so a delivery never goes without its relay rows
+            # or the other way round; IMMEDIATE, so the batch cannot change in between.
+            conn.execute("BEGIN IMMEDIATE")
+            for table in RELAY_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE row IN ({batch})", params)
+            cursor = conn.execute(f"DELETE FROM deliveries WHERE row IN ({batch})", params)
+            conn.execute("COMMIT")
             deleted += cursor.rowcount
             if cursor.rowcount < BATCH:
                 return deleted
     except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.rollback()
         raise store.StoreError(
             f"cannot prune the store {path} (deleted {deleted} so far): {exc}"
         ) from None

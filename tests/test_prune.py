@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ import pytest
 from ot_hook import home
 from ot_hook import prune as pruning
 from ot_hook.cli import main
-from ot_hook.serve import Receiver
+from ot_hook.serve import ForwardOptions, Receiver
 from tests.support import ot_hook_command, post, running, sample, stored
+from tests.test_forward import App, attempts, relay_rows, until, user_app
 
 LONG_AGO = "2020-01-02T03:04:05.000000Z"
 
@@ -71,6 +73,24 @@ async def test_all_while_the_receiver_runs_and_row_numbers_go_on(
     assert answer.status == 200
     [row] = stored(state)
     assert (row.row, row.outcome) == (4, "accepted")  # a follower never sees a number twice
+
+
+async def test_the_relay_rows_of_deleted_deliveries_go_with_them(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = {1: 503}  # so that one relay is tried twice
+    app = App(answer=lambda n: answers.get(n, 200))
+    async with user_app(app), running(state, forward=ForwardOptions(app.url)) as receiver:
+        for event_id in (1, 2, 3):
+            await post(receiver, sample(event_id, UniqueId=event_id))
+        await until(lambda: [s for _, s, _ in relay_rows(state)] == ["delivered"] * 3)
+    with contextlib.closing(sqlite3.connect(state / home.STORE)) as conn, conn:
+        conn.execute("UPDATE deliveries SET received_at = ? WHERE row <= 2", (LONG_AGO,))
+    monkeypatch.setattr(pruning, "BATCH", 1)  # each delivery and its relay rows: one batch
+    assert pruning.prune(state / home.STORE, datetime.now(UTC) - timedelta(days=1)) == 2
+    assert [row.row for row in stored(state)] == [3]
+    assert relay_rows(state) == [(3, "delivered", 1)]
+    assert [row for row, *_ in attempts(state)] == [3]
 
 
 @pytest.mark.parametrize(
