@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from ot_hook import __version__
-from ot_hook.commands import decode, prune, send, serve, tail
+from ot_hook.commands import decode, prune, replay, send, serve, tail
 from ot_hook.exitcodes import ExitCode
 
 
@@ -83,6 +83,7 @@ app.command("send-sample", epilog=send.EPILOG)(send.send_sample)
 app.command(epilog=decode.EPILOG)(decode.decode)
 app.command(epilog=tail.EPILOG)(tail.tail)
 app.command(epilog=prune.EPILOG)(prune.prune)
+app.command(epilog=replay.EPILOG)(replay.replay)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

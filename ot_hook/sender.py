@@ -71,7 +71,7 @@ EXIT_CODES = {
 @dataclass(frozen=True)
 class Target:
     url: str
-    authorization: str  # the Basic Authorization header value
+    authorization: str | None  # the Basic Authorization header value; None sends none
     ssl: ssl.SSLContext | bool  # False: plain http, or --insecure
     ca_file: Path | None = None  # the CA trusted, for the hint when verification fails
     local_ca: bool = False  # ca_file is the local CA of --home
@@ -365,10 +365,11 @@ class Sender:
         options = self.options
         connector = aiohttp.TCPConnector(ssl=self.target.ssl, limit=options.concurrency)
         headers = {
-            "Authorization": self.target.authorization,
             "Content-Type": "application/json; charset=utf-8",
             "User-Agent": f"ot-hook/{__version__} send-sample",
         }
+        if self.target.authorization is not None:
+            headers["Authorization"] = self.target.authorization
         started = time.perf_counter()
         async with aiohttp.ClientSession(
             connector=connector, headers=headers,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import http.server
 import io
 import json
 import os
@@ -195,3 +196,41 @@ def start_serve(state: Path, *args: str, env: dict[str, str] | None = None) -> S
     process.kill()
     process.communicate()
     raise AssertionError("serve did not write serve.json in 30 s")
+
+
+# The user's own app, for forwarding and replay -------------------------------------------
+
+
+@dataclass
+class Recorded:
+    path: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@contextmanager
+def recording_app(statuses: list[int] | None = None) -> Iterator[tuple[str, list[Recorded]]]:
+    """A plain-HTTP app on a free loopback port that records each POST and answers with the
+    next of `statuses` (then 200). Yields its base URL and the list it records into."""
+    received: list[Recorded] = []
+    answers = list(statuses or [])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append(Recorded(self.path, body, dict(self.headers.items())))
+            self.send_response(answers.pop(0) if answers else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ot_hook import home
+from tests.support import recording_app
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = str(Path(sys.executable).parent)
@@ -35,9 +36,9 @@ def readme_commands() -> list[str]:
     for kind, block in re.findall(r"```(console|sh)\n(.*?)```", after_setup, re.S):
         for line in block.splitlines():
             command = line[2:] if kind == "console" and line.startswith("$ ") else line
-            if kind == "sh" or line.startswith("$ "):
-                if command.startswith(("ot-hook ", "echo ")) or "| ot-hook" in command:
-                    commands.append(command)
+            shown = kind == "sh" or line.startswith("$ ")
+            if shown and (command.startswith(("ot-hook ", "echo ")) or "| ot-hook" in command):
+                commands.append(command)
     return commands
 
 
@@ -48,13 +49,20 @@ def test_the_walk_through_shows_every_command() -> None:
 
 
 def test_readme_examples_run(tmp_path: Path) -> None:
+    # The README's "your app" on localhost:3000, played by a small server on a free port.
+    with recording_app() as (app_url, _):
+        run_examples(tmp_path, app_url)
+
+
+def run_examples(tmp_path: Path, app_url: str) -> None:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "OT_HOOK_HOME": str(tmp_path / "home"), "OT_HOOK_USER": "demo",
            "OT_HOOK_PASSWORD": "s3cret", "NO_COLOR": "1"}
     env.pop("OT_HOOK_CODES", None)
     served: subprocess.Popen[str] | None = None
     try:
-        for command in readme_commands():
+        for shown in readme_commands():
+            command = shown.replace("http://localhost:3000", app_url)
             if any(marker in command for marker in SKIPPED):
                 continue
             if command.startswith("ot-hook serve"):

@@ -6,7 +6,6 @@ are imported inside functions, so `ot-hook --help` does not load them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Iterator
@@ -30,6 +29,8 @@ from ot_hook.terminal import Terminal
 from ot_hook.textsafe import printable
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ot_hook.sender import Outgoing, Result, SendOptions, Summary, Target
 
 LINE_LIMIT = 50  # up to this many deliveries get a line each on a terminal; more get a bar
@@ -145,7 +146,8 @@ def send_sample(
     from ot_hook.sender import SendOptions
 
     options = SendOptions(concurrency, rate, timeout, retries)
-    raise typer.Exit(int(_run(chosen, options, deliveries, total, Terminal(), json_output)))
+    raise typer.Exit(int(send_and_report(chosen, options, deliveries, total, Terminal(),
+                                         json_output)))
 
 
 def _generated(
@@ -223,7 +225,7 @@ def _target(
         fail(str(exc), exc.code)
 
 
-def _run(
+def send_and_report(
     target: Target, options: SendOptions, deliveries: Iterator[Outgoing], total: int,
     terminal: Terminal, json_output: bool,
 ) -> ExitCode:
@@ -243,6 +245,8 @@ def _run(
 
 def _event_loop() -> asyncio.Runner:
     """uvloop where it is installed: it makes the sender noticeably faster."""
+    import asyncio  # here, not at the top: every command's start would pay for it
+
     try:
         import uvloop
     except ImportError:

@@ -1,0 +1,174 @@
+"""`ot-hook replay`: send stored deliveries again, byte for byte.
+
+Selection as in `tail` (plus store rows), sending and reporting as in `send-sample`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ot_hook.cliutil import (
+    HomeOption,
+    PasswordFileOption,
+    PasswordOption,
+    UserOption,
+    fail,
+    resolve_home,
+)
+from ot_hook.exitcodes import ExitCode
+from ot_hook.terminal import Terminal
+
+if TYPE_CHECKING:
+    from ot_hook.sender import Target
+    from ot_hook.store import StoredDelivery
+
+EPILOG = """Examples:
+
+  ot-hook replay --since 1h --dry-run          (what would go, and where)
+
+  ot-hook replay --unique-id 1877 --to http://localhost:3000/hook
+
+  ot-hook replay --row 12 --row 13             (to the receiver's --forward-to)
+"""
+
+
+def replay(
+    to: Annotated[
+        str | None,
+        typer.Option(help="Where to send. Default: the running receiver's --forward-to "
+                     "target, else the receiver itself.", show_default=False),
+    ] = None,
+    row: Annotated[
+        list[int] | None, typer.Option("--row", help="A store row, as tail shows it "
+                                       "(repeatable).")
+    ] = None,
+    event_id: Annotated[
+        list[int] | None, typer.Option("--id", help="The event's Id (repeatable).")
+    ] = None,
+    unique_id: Annotated[
+        list[str] | None, typer.Option(help="The event's UniqueId (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="A duration back from now (10m, 2h, 7d) or a time.")
+    ] = None,
+    action: Annotated[
+        list[str] | None, typer.Option(help="ActionType code or name (repeatable).")
+    ] = None,
+    record: Annotated[
+        list[str] | None, typer.Option(help="RecordType code or name (repeatable).")
+    ] = None,
+    status: Annotated[
+        list[str] | None, typer.Option(help="accepted, duplicate or rejected (repeatable).")
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Every stored delivery.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be sent, and where; send nothing.")
+    ] = False,
+    home: HomeOption = None,
+    user: UserOption = None,
+    password: PasswordOption = None,
+    password_file: PasswordFileOption = None,
+    cacert: Annotated[
+        Path | None, typer.Option(help="Trust this CA (PEM) for an https:// target.",
+                                  dir_okay=False)
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Do not verify the target's certificate (warns).")
+    ] = False,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Deliveries in flight at once; 1 keeps the stored order.")
+    ] = 1,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds to wait for each answer.")
+    ] = 10.0,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Retry connection errors, 429 and 5xx this many times.")
+    ] = 0,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON result per delivery on stdout (the default "
+                           "when stdout is not a terminal).")
+    ] = False,
+) -> None:
+    """Send stored deliveries again, byte for byte, with their original Content-Type."""
+    from ot_hook import home as home_files
+    from ot_hook import replay as replaying
+    from ot_hook import tail
+
+    state = resolve_home(home)
+    try:
+        filters = tail.resolve_filters(
+            actions=action or (), records=record or (), ids=event_id or (),
+            unique_ids=unique_id or (), outcomes=status or (), since=since,
+        )
+    except tail.FilterError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    selection = replaying.Selection(filters, tuple(row or ()), everything)
+    destination = to or replaying.default_target(state) or "https://127.0.0.1:8443/"
+    try:
+        chosen = list(replaying.selected(state / home_files.STORE, selection))
+    except replaying.ReplayError as exc:
+        fail(str(exc), ExitCode.USAGE if selection.is_empty() else ExitCode.ERROR)
+    terminal = Terminal()
+    if dry_run:
+        _list(chosen, destination, terminal, json_output)
+        return
+    if not chosen:
+        terminal.status("nothing matches: no delivery sent")
+        return
+    target = _target(destination, state, user, password, password_file, cacert, insecure)
+    if insecure:
+        terminal.status("ot-hook: warning: --insecure: the certificate is not verified")
+    from ot_hook.commands.send import send_and_report
+    from ot_hook.sender import SendOptions
+
+    options = SendOptions(concurrency, None, timeout, retries)
+    outgoing = (replaying.outgoing(delivery) for delivery in chosen)
+    raise typer.Exit(int(send_and_report(target, options, outgoing, len(chosen), terminal,
+                                         json_output)))
+
+
+def _list(
+    chosen: list[StoredDelivery], destination: str, terminal: Terminal, json_output: bool
+) -> None:
+    from ot_hook import render
+
+    terminal.status(f"would send {len(chosen)} deliveries to {destination}")
+    if terminal.pretty and not json_output:
+        console = terminal.console()
+        for delivery in chosen:
+            console.print(render.line(delivery))
+        return
+    for delivery in chosen:
+        terminal.stdout.write(render.json_line(delivery) + "\n")
+    terminal.stdout.flush()
+
+
+def _target(
+    url: str, state: Path, user: str | None, password: str | None, password_file: Path | None,
+    cacert: Path | None, insecure: bool,
+) -> Target:
+    from dataclasses import replace
+
+    from ot_hook import credentials, home, sender
+
+    info = home.read_serve_info(state)
+    to_our_receiver = info is not None and url == info.url
+    explicit = user is not None or password is not None or password_file is not None
+    try:
+        sender.check_url(url, allow_http=True)  # the user's app often listens on plain HTTP
+        if to_our_receiver or explicit:
+            creds = credentials.for_sender(user, password, password_file, state)
+            return sender.target(url, creds.user, creds.password, state=state, cacert=cacert,
+                                 insecure=insecure, allow_http=True)
+        anonymous = sender.target(url, "", "", state=state, cacert=cacert, insecure=insecure,
+                                  allow_http=True)
+        return replace(anonymous, authorization=None)  # the user's app may want none
+    except credentials.CredentialsError as exc:
+        fail(str(exc))
+    except sender.SendError as exc:
+        fail(str(exc), exc.code)

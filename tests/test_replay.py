@@ -1,0 +1,127 @@
+"""ot-hook replay: stored deliveries sent again, byte for byte, to a real local app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ot_hook.cli import main
+from ot_hook.serve import ForwardOptions
+from tests.support import (
+    PASSWORD,
+    USER,
+    basic,
+    post_sync,
+    recording_app,
+    running_in_thread,
+    sample,
+    stored,
+)
+
+
+def replay(capsys: pytest.CaptureFixture[str], state: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["replay", "--home", str(state), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def filled(state: Path) -> Path:
+    """A store with three accepted deliveries (two for sales order 890) and a rejected one."""
+    with running_in_thread(state) as receiver:
+        post_sync(receiver, sample(1, UniqueId=890), {"Content-Type": "text/plain"})
+        post_sync(receiver, sample(2, UniqueId=891))
+        post_sync(receiver, sample(3, UniqueId=890))
+        post_sync(receiver, b"{broken")
+    return state
+
+
+def test_a_selection_goes_out_byte_for_byte(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    with recording_app() as (url, received):
+        code, out, err = replay(capsys, filled, "--unique-id", "890", "--to", f"{url}/hook")
+    assert code == 0, err
+    rows = stored(filled)
+    assert [r.body for r in received] == [rows[0].body, rows[2].body]
+    assert received[0].path == "/hook"
+    assert received[0].headers["Content-Type"] == "text/plain"
+    results = [json.loads(line) for line in out.splitlines()]
+    assert [r["status"] for r in results] == [200, 200]
+    assert [r["id"] for r in results] == [1, 3]
+
+
+def test_the_targets_answers_are_reported_and_failures_exit_non_zero(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    with recording_app([500]) as (url, received):
+        code, out, err = replay(capsys, filled, "--row", "1", "--row", "2", "--to", url)
+    assert code == 6, err
+    assert [json.loads(line)["status"] for line in out.splitlines()] == [500, 200]
+    assert len(received) == 2
+
+
+def test_default_target_is_the_running_receivers_forward_to(
+    capsys: pytest.CaptureFixture[str], state: Path
+) -> None:
+    with recording_app([503] * 20) as (url, received):  # the relay keeps failing
+        forward = ForwardOptions(url + "/hook", retries=0)
+        with running_in_thread(state, forward=forward) as receiver:
+            post_sync(receiver, sample(5))
+            code, _, err = replay(capsys, state, "--id", "5", "--dry-run")
+            assert code == 0 and f"to {url}/hook" in err
+            code, out, _ = replay(capsys, state, "--id", "5")
+    assert json.loads(out.splitlines()[-1])["status"] == 503
+    assert code == 6  # the app still answers 503
+    assert all(r.path == "/hook" and r.body == sample(5) for r in received)
+    assert "Authorization" not in received[-1].headers  # an app of the user's: none unless asked
+
+
+def test_replay_to_the_receiver_itself_uses_its_credentials(
+    capsys: pytest.CaptureFixture[str], filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OT_HOOK_USER", USER)
+    monkeypatch.setenv("OT_HOOK_PASSWORD", PASSWORD)
+    with running_in_thread(filled):
+        code, out, err = replay(capsys, filled, "--id", "2", "--json")
+    assert code == 0, err
+    assert "Duplicate of row 2" in json.loads(out)["message"]
+    assert stored(filled)[-1].outcome == "duplicate"
+
+
+def test_dry_run_lists_and_sends_nothing(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    with recording_app() as (url, received):
+        code, out, err = replay(capsys, filled, "--status", "rejected", "--dry-run", "--to", url)
+    assert code == 0
+    assert received == []
+    assert [json.loads(line)["row"] for line in out.splitlines()] == [4]
+    assert f"would send 1 deliveries to {url}" in err
+
+
+def test_without_a_selection_it_asks_for_one(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    code, out, err = replay(capsys, filled, "--to", "http://127.0.0.1:9/")
+    assert code == 2
+    assert out == ""
+    assert "say what to replay" in err
+
+
+def test_nothing_matching_sends_nothing(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    code, out, err = replay(capsys, filled, "--id", "424242", "--to", "http://127.0.0.1:9/")
+    assert (code, out) == (0, "")
+    assert "nothing matches" in err
+
+
+def test_explicit_credentials_are_sent(capsys: pytest.CaptureFixture[str], filled: Path) -> None:
+    with recording_app() as (url, received):
+        code, _, err = replay(capsys, filled, "--row", "2", "--to", url, "--user", "app",
+                              "--password", "pw")
+    assert code == 0, err
+    assert received[0].headers["Authorization"] == basic("app", "pw")
