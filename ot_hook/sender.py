@@ -83,7 +83,6 @@ def basic_authorization(user: str, password: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    # Also in ot_hook.serve, which imports trustme; kept here so sending does not load it.
     if host.lower() == "localhost":
         return True
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import os
 import shlex
 import signal
@@ -26,6 +25,7 @@ from ot_hook.forwarder import Forwarder, ForwardTarget, describe
 from ot_hook.listener import PeekingTLSSite, bind
 from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, create_app
 from ot_hook.requestlog import StatusLog
+from ot_hook.sender import is_loopback
 from ot_hook.store import Saved, Store
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
@@ -109,15 +109,6 @@ def url_for(host: str, port: int, path: str) -> str:
     if ":" in shown:
         shown = f"[{shown}]"
     return f"https://{shown}:{port}{path}"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Receiver:
