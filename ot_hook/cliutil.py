@@ -47,6 +47,22 @@ PasswordFileOption = Annotated[
     ),
 ]
 
+# Sending options: the same meaning for send-sample and replay.
+InsecureOption = Annotated[
+    bool, typer.Option("--insecure", help="Do not verify the certificate (warns).")
+]
+TimeoutOption = Annotated[
+    float, typer.Option(min=0.001, help="Seconds to wait for each answer.")
+]
+RetriesOption = Annotated[
+    int, typer.Option(min=0, help="Retry connection errors, 429 and 5xx this many times, "
+                      "with backoff, honouring Retry-After.")
+]
+SendJsonOption = Annotated[
+    bool, typer.Option("--json", help="One JSON result per delivery on stdout (the default "
+                       "when stdout is not a terminal); the summary on stderr.")
+]
+
 
 def resolve_home(option: Path | None) -> Path:
     from ot_hook.home import default_home

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ot_hook.codes import BUILTIN, FIELDS, KINDS, Code, Kind, Source, Tables
+from ot_hook.events import json_type_name
 from ot_hook.textsafe import printable
 
 if TYPE_CHECKING:
@@ -286,7 +287,7 @@ class Decoder:
                 if not isinstance(item, dict):
                     raise BadInput(
                         f"{source} line {line}: expected an Audit Trail object, "
-                        f"got {_type_name(item)}"
+                        f"got {json_type_name(item)}"
                     )
                 action = self._name(item, "action", source, line)
                 record = self._name(item, "record", source, line)
@@ -334,18 +335,6 @@ class Decoder:
             suffix = f', "ActionTypeName": {action_json}, "RecordTypeName": {record_json}}}'
             self._suffixes[(action, record)] = suffix
         return suffix
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
 
 
 # Output --------------------------------------------------------------------------------------

@@ -144,18 +144,17 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
-def _type_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
+    """What a parsed JSON value is, for messages: "a string", "an array", "null"."""
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return "boolean"
+        return "a boolean"
     if isinstance(value, (int, float)):
-        return "number"
+        return "a number"
     if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def validate(obj: Any) -> AuditEvent:
@@ -165,14 +164,14 @@ def validate(obj: Any) -> AuditEvent:
             f"expected one Audit Trail object, got an array of {len(obj)} items"
         )
     if not isinstance(obj, dict):
-        raise NotAnEvent(f"expected an Audit Trail object, got {_type_name(obj)}")
+        raise NotAnEvent(f"expected an Audit Trail object, got {json_type_name(obj)}")
     ints: dict[str, int] = {}
     for name in REQUIRED_INT_FIELDS:
         if name not in obj:
             raise NotAnEvent(f"field {name} is missing")
         value = obj[name]
         if not isinstance(value, int) or isinstance(value, bool):
-            raise NotAnEvent(f"field {name} must be an integer, got {_type_name(value)}")
+            raise NotAnEvent(f"field {name} must be an integer, got {json_type_name(value)}")
         if not INT64_MIN <= value <= INT64_MAX:
             raise NotAnEvent(f"field {name} is out of range")
         ints[name] = value
@@ -181,7 +180,7 @@ def validate(obj: Any) -> AuditEvent:
     unique_id = obj["UniqueId"]
     if isinstance(unique_id, bool) or not isinstance(unique_id, (int, float, str)):
         raise NotAnEvent(
-            f"field UniqueId must be a number or a string, got {_type_name(unique_id)}"
+            f"field UniqueId must be a number or a string, got {json_type_name(unique_id)}"
         )
     if isinstance(unique_id, float):
         unique_id = str(unique_id)
@@ -199,7 +198,7 @@ def validate(obj: Any) -> AuditEvent:
         elif value is None:
             warnings.append(f"{name} is null")
         elif not isinstance(value, str):
-            warnings.append(f"{name} is a {_type_name(value)}, expected a string")
+            warnings.append(f"{name} is {json_type_name(value)}, expected a string")
             value = json.dumps(value)
         elif value == "":
             warnings.append(f"{name} is empty")

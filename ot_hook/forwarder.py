@@ -178,10 +178,12 @@ def pending_relays(reader: sqlite3.Connection, limit: int = 1000) -> list[Relay]
 
 def record_attempt(conn: sqlite3.Connection, result: AttemptResult) -> None:
     next_at = time.time() + result.retry_in if result.retry_in is not None else 0
-    conn.execute(
+    updated = conn.execute(
         "UPDATE relays SET state = ?, attempts = ?, next_at = ? WHERE row = ?",
         (result.state, result.attempt, next_at, result.row),
     )
+    if updated.rowcount == 0:  # pruned while the attempt was in flight: nothing to attach to
+        return
     conn.execute(
         "INSERT INTO relay_attempts (row, attempt, attempted_at, status, millis, error, state)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -12,8 +12,12 @@ import typer
 
 from ot_hook.cliutil import (
     HomeOption,
+    InsecureOption,
     PasswordFileOption,
     PasswordOption,
+    RetriesOption,
+    SendJsonOption,
+    TimeoutOption,
     UserOption,
     fail,
     resolve_home,
@@ -77,22 +81,13 @@ def replay(
         Path | None, typer.Option(help="Trust this CA (PEM) for an https:// target.",
                                   dir_okay=False)
     ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Do not verify the target's certificate (warns).")
-    ] = False,
+    insecure: InsecureOption = False,
     concurrency: Annotated[
         int, typer.Option(min=1, help="Deliveries in flight at once; 1 keeps the stored order.")
     ] = 1,
-    timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds to wait for each answer.")
-    ] = 10.0,
-    retries: Annotated[
-        int, typer.Option(min=0, help="Retry connection errors, 429 and 5xx this many times.")
-    ] = 0,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="One JSON result per delivery on stdout (the default "
-                           "when stdout is not a terminal).")
-    ] = False,
+    timeout: TimeoutOption = 10.0,
+    retries: RetriesOption = 0,
+    json_output: SendJsonOption = False,
 ) -> None:
     """Send stored deliveries again, byte for byte, with their original Content-Type."""
     from ot_hook import home as home_files

@@ -18,8 +18,12 @@ import typer
 from ot_hook import codes
 from ot_hook.cliutil import (
     HomeOption,
+    InsecureOption,
     PasswordFileOption,
     PasswordOption,
+    RetriesOption,
+    SendJsonOption,
+    TimeoutOption,
     UserOption,
     fail,
     resolve_home,
@@ -59,9 +63,7 @@ def send_sample(
         typer.Option(help="Trust this CA (PEM). Default: the local CA of --home for loopback "
                      "URLs, the system's CAs for others.", dir_okay=False),
     ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Do not verify the certificate (warns).")
-    ] = False,
+    insecure: InsecureOption = False,
     allow_http: Annotated[
         bool, typer.Option("--allow-http", help="Allow an http:// URL (Order Time sends "
                            "only HTTPS).")
@@ -100,17 +102,9 @@ def send_sample(
     rate: Annotated[
         float | None, typer.Option(min=0.001, help="At most this many deliveries per second.")
     ] = None,
-    timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds to wait for each answer.")
-    ] = 10.0,
-    retries: Annotated[
-        int, typer.Option(min=0, help="Retry connection errors, 429 and 5xx this many times, "
-                          "with backoff, honouring Retry-After.")
-    ] = 0,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="One JSON result per delivery on stdout (the "
-                           "default when stdout is not a terminal); the summary on stderr.")
-    ] = False,
+    timeout: TimeoutOption = 10.0,
+    retries: RetriesOption = 0,
+    json_output: SendJsonOption = False,
 ) -> None:
     """Send realistic Audit Trail deliveries over HTTPS with Basic Auth, and report each answer.
 
