@@ -16,6 +16,7 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -87,6 +88,10 @@ class Forwarder:
         self._report = report or (lambda result: None)
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # by record key
+        # A record whose relay finished while the pending list was being read may look
+        # pending in that (stale) list: it waits for the next read instead of going twice.
+        self._finishes = 0
+        self._finished_at: dict[str, int] = {}  # record key -> number of its last finish
         self.live_authorization: dict[int, str] = {}  # row -> header passed through, in memory
 
     def wake(self) -> None:
@@ -94,26 +99,37 @@ class Forwarder:
 
     async def run(self) -> None:
         """Relay until cancelled; attempts in flight are cancelled with it and retried later."""
+        loop = asyncio.get_running_loop()
+        # One thread owns the read connection, so that closing it never races a read.
+        reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ot-hook-relay-reads")
+        reader = await loop.run_in_executor(reads, store.open_for_reading, self._writer.path)
         connector = aiohttp.TCPConnector(ssl=self._target.ssl, limit=CONCURRENCY)
-        reader = await asyncio.to_thread(store.open_for_reading, self._writer.path)
         try:
             async with aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
             ) as session:
                 while True:
                     self._wake.clear()
-                    due = await asyncio.to_thread(pending_relays, reader)
-                    next_wake = self._start_due(session, due)
+                    read_from = self._finishes
+                    due = await loop.run_in_executor(reads, pending_relays, reader)
+                    next_wake = self._start_due(session, due, read_from)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+                    # the cancellation that stops serve when the event fires at that moment.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), next_wake)
+                        async with asyncio.timeout(next_wake):
+                            await self._wake.wait()
         finally:
             for task in self._in_flight.values():
                 task.cancel()
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
-            reader.close()
+            reads.submit(reader.close)
+            reads.shutdown(wait=False)
 
-    def _start_due(self, session: aiohttp.ClientSession, relays: list[Relay]) -> float:
-        """Start the first pending relay of each record that is due; seconds until the next."""
+    def _start_due(
+        self, session: aiohttp.ClientSession, relays: list[Relay], read_from: int
+    ) -> float:
+        """Start the first pending relay of each record that is due; seconds until the next.
+        `read_from` is the number of finishes before `relays` was read."""
         now = time.time()
         next_wake = IDLE_POLL
         seen: set[str] = set()
@@ -121,6 +137,8 @@ class Forwarder:
             if relay.record_key in seen or relay.record_key in self._in_flight:
                 continue  # a later relay of this record waits for the earlier one
             seen.add(relay.record_key)
+            if self._finished_at.get(relay.record_key, 0) > read_from:
+                continue  # finished after the read began: this row may be stale
             if relay.next_at > now:
                 next_wake = min(next_wake, relay.next_at - now)
                 continue
@@ -129,11 +147,14 @@ class Forwarder:
             task = asyncio.create_task(self._relay(session, relay))
             self._in_flight[relay.record_key] = task
             task.add_done_callback(functools.partial(self._done, relay.record_key))
+        self._finished_at = {k: n for k, n in self._finished_at.items() if n > read_from}
         return max(next_wake, 0.01)
 
     def _done(self, record_key: str, _: object) -> None:
         self._in_flight.pop(record_key, None)
-        self._wake.set()  # the next relay of that record may go now
+        self._finishes += 1
+        self._finished_at[record_key] = self._finishes
+        self._wake.set()  # the next relay of that record may go now, after a fresh read
 
     async def _relay(self, session: aiohttp.ClientSession, relay: Relay) -> None:
         attempt = relay.attempts + 1

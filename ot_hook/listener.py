@@ -107,7 +107,8 @@ class PeekingTLSSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         conn.setblocking(False)
         try:
-            await asyncio.wait_for(_readable(loop, conn), self._idle_timeout)
+            async with asyncio.timeout(self._idle_timeout):  # not wait_for: see forwarder.py
+                await _readable(loop, conn)
             first = conn.recv(1, socket.MSG_PEEK)
         except (TimeoutError, OSError):
             conn.close()
@@ -137,9 +138,8 @@ class PeekingTLSSite(web.BaseSite):
             self._on_plain_http(remote)
         with contextlib.suppress(OSError, TimeoutError):
             conn.recv(65536)  # read the request, so closing does not reset the connection
-            await asyncio.wait_for(
-                loop.sock_sendall(conn, plain_http_answer(self._https_url)), 5
-            )
+            async with asyncio.timeout(5):
+                await loop.sock_sendall(conn, plain_http_answer(self._https_url))
             conn.shutdown(socket.SHUT_WR)
 
 
