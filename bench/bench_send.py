@@ -13,16 +13,14 @@ wrk comes from the Debian package (apt-get install -y wrk). Not run by the test 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
 import shutil
-import ssl
+import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from ot_hook import samples
@@ -32,34 +30,7 @@ EVENT = samples.body(samples.default_event(1947, samples.ID_EPOCH))
 AUTHORIZATION = basic_authorization("bench", "bench")
 
 
-# The bare server (run as `bench_send.py --serve DIR`) ---------------------------------------
-
-
-def serve(directory: Path) -> None:
-    from aiohttp import web
-
-    async def ok(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(text="ok")
-
-    async def run() -> None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(directory / "server.pem")
-        app = web.Application()
-        app.router.add_post("/", ok)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context, backlog=1024)
-        await site.start()
-        (directory / "port").write_text(str(runner.addresses[0][1]))
-        await asyncio.Event().wait()  # until the benchmark kills us
-
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(run())
-    else:
-        uvloop.run(run())
+# The bare server: bench/bare_server.py, the same baseline as the receiver benchmark --------
 
 
 def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -69,16 +40,19 @@ def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     ca.cert_pem.write_to_path(str(directory / "ca.pem"))
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
         str(directory / "server.pem"))
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(directory)])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if (directory / "port").exists() and (directory / "port").read_text():
-            return server, int((directory / "port").read_text())
-        if server.poll() is not None:
-            raise SystemExit(f"the bare server exited with {server.returncode}")
-        time.sleep(0.05)
-    server.kill()
-    raise SystemExit("the bare server did not start in 20 s")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("bare_server.py")),
+         str(directory / "server.pem"), str(port), "uvloop"],
+        stdout=subprocess.PIPE,
+    )
+    assert server.stdout is not None
+    if server.stdout.readline().strip() != b"ready":
+        server.kill()
+        raise SystemExit(f"the bare server did not start ({server.wait()})")
+    return server, port
 
 
 # The two clients -----------------------------------------------------------------------------
@@ -125,15 +99,11 @@ def run_send_sample(url: str, ca: Path, count: int, concurrency: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--wrk-seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
-    if args.serve is not None:
-        serve(args.serve)
-        return 0
     ratios = []
     print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, wrk with 1 thread and "
           f"{args.concurrency} connections, send-sample --count {args.count} "
