@@ -6,6 +6,7 @@ completion, `decode` and `tail` never load them.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -57,6 +58,7 @@ app = typer.Typer(
     help="Receive, send, watch and decode Order Time Audit Trail webhooks on your own machine.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold a password
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -76,18 +78,61 @@ def _root(
     ] = None,
 ) -> None:
     """Receive, send, watch and decode Order Time Audit Trail webhooks on your own machine."""
+    _use_codes_file(os.environ.get("OT_HOOK_CODES"))
 
 
-app.command(epilog=serve.EPILOG)(serve.serve)
-app.command("send-sample", epilog=send.EPILOG)(send.send_sample)
-app.command(epilog=decode.EPILOG)(decode.decode)
-app.command(epilog=tail.EPILOG)(tail.tail)
-app.command(epilog=prune.EPILOG)(prune.prune)
-app.command(epilog=replay.EPILOG)(replay.replay)
+def _use_codes_file(path: str | None) -> None:
+    """OT_HOOK_CODES names the user's own codes (TOML): every command then knows them."""
+    from ot_hook import codes
+
+    if not path:
+        codes.use(codes.BUILTIN)  # also undoes an earlier in-process run's (tests)
+        return
+    from pathlib import Path
+
+    from ot_hook import decode
+
+    try:
+        codes.use(decode.load_tables(Path(path)))
+    except decode.DecodeError as exc:
+        print(f"ot-hook: error: OT_HOOK_CODES: {exc}", file=sys.stderr)
+        raise typer.Exit(int(ExitCode.BAD_INPUT)) from None
+
+
+app.command(epilog=serve.EPILOG, short_help="Receive deliveries over HTTPS and store every one.")(
+    serve.serve
+)
+app.command("send-sample", epilog=send.EPILOG,
+            short_help="Send realistic Audit Trail deliveries to a receiver.")(send.send_sample)
+app.command(epilog=decode.EPILOG, short_help="Turn codes into names and back.")(decode.decode)
+app.command(epilog=tail.EPILOG, short_help="Show stored deliveries and follow new ones.")(
+    tail.tail
+)
+app.command(epilog=prune.EPILOG, short_help="Delete old deliveries from the store.")(
+    prune.prune
+)
+app.command(epilog=replay.EPILOG, short_help="Send stored deliveries again, byte for byte.")(
+    replay.replay
+)
+
+
+def _ensure_standard_streams() -> None:
+    """Started with stdin, stdout or stderr closed (`<&-`, `>&-`), the next file or socket
+    opened would take that descriptor and data could go astray: point it at /dev/null."""
+    import os
+
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            if os.open(os.devnull, os.O_RDWR) != fd:  # the lowest free descriptor: this one
+                continue
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the app; `argv` lets tests call it in-process. Returns the exit code."""
+    _ensure_standard_streams()
     try:
         code = app(args=list(argv) if argv is not None else None, prog_name="ot-hook",
                    standalone_mode=False)

@@ -5,6 +5,7 @@ Kept free of aiohttp and trustme so that `decode`, `tail` and `--help` start fas
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
@@ -78,6 +79,17 @@ def error(message: str) -> None:
 def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
     error(message)
     raise typer.Exit(int(code))
+
+
+def discard_stdout() -> None:
+    """After `| head` closed the pipe: point stdout at /dev/null, so that the flush at exit
+    does not complain about it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (tests)
+        pass
 
 
 def no_color() -> bool:

@@ -183,13 +183,24 @@ class Tables:
 
 
 BUILTIN = Tables(ACTIONS, RECORDS)
+_active = BUILTIN  # what every command looks codes up in; the CLI adds the user's codes file
+
+
+def use(tables: Tables) -> None:
+    """Make `tables` (the built-in ones and the user's, say) the ones every lookup sees."""
+    global _active
+    _active = tables
+
+
+def active() -> Tables:
+    return _active
 
 
 def action_name(code: int) -> str | None:
-    entry = ACTIONS.get(code)
+    entry = _active.get("action", code)
     return entry.name if entry else None
 
 
 def record_name(code: int) -> str | None:
-    entry = RECORDS.get(code)
+    entry = _active.get("record", code)
     return entry.name if entry else None

@@ -72,6 +72,11 @@ def for_sender(
     explicit = _explicit_password(password, password_file)
     if explicit is not None:
         return ResolvedCredentials(chosen_user, explicit)
+    if info is not None and not info.password_kept:
+        raise CredentialsError(
+            f"the receiver running on {state} (pid {info.pid}) was given its own password: "
+            "pass the same with OT_HOOK_PASSWORD or --password-file"
+        )
     kept = home.read_password(state)
     if kept is None:
         raise CredentialsError(

@@ -63,12 +63,14 @@ class AttemptResult:
 
 
 def outcome_of(
-    status: int | None, attempt: int, retries: int, hinted: float | None
+    status: int | None, attempt: int, retries: int, hinted: float | None, *,
+    lasting: bool = False,
 ) -> tuple[str, float | None]:
-    """The relay's next state, and the seconds until the next attempt when it is retried."""
+    """The relay's next state, and the seconds until the next attempt when it is retried.
+    `lasting`: a failure that trying again cannot mend (an untrusted certificate)."""
     if status is not None and 200 <= status < 300:
         return "delivered", None
-    retryable = status is None or status == 429 or status >= 500
+    retryable = not lasting and (status is None or status == 429 or status >= 500)
     if not retryable or attempt > retries:
         return "failed", None
     return "pending", backoff(attempt, hinted)
@@ -168,6 +170,7 @@ class Forwarder:
         status: int | None = None
         error: str | None = None
         hinted: float | None = None
+        lasting = False
         try:
             async with session.post(self._target.url, data=relay.body, headers=headers) as answer:
                 await answer.read()
@@ -175,10 +178,15 @@ class Forwarder:
                 hinted = retry_after(answer.headers.get("Retry-After"))
         except TimeoutError:
             error = f"no answer within {TIMEOUT:g} s"
+        except aiohttp.ClientConnectorCertificateError as exc:
+            lasting = True
+            error = (f"certificate not trusted ({exc.certificate_error}): pass its CA with "
+                     "--forward-cacert FILE, or --forward-insecure")
         except (aiohttp.ClientError, OSError) as exc:
             error = _reason(exc)
         millis = (time.perf_counter() - started) * 1000
-        state, retry_in = outcome_of(status, attempt, self._target.retries, hinted)
+        state, retry_in = outcome_of(status, attempt, self._target.retries, hinted,
+                                     lasting=lasting)
         result = AttemptResult(relay.row, attempt, status, millis, error, state, retry_in)
         await self._writer.run(lambda conn: record_attempt(conn, result))
         if state != "pending":

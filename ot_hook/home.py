@@ -112,6 +112,7 @@ class ServeInfo:
     ca: str | None  # the CA file to trust, or None with --cert/--key
     started_at: str
     forward_to: str | None = None  # serve --forward-to, the default target of replay
+    password_kept: bool = True  # the password is the one kept in the state directory
 
 
 def write_serve_info(state: Path, info: ServeInfo) -> None:
@@ -148,7 +149,13 @@ def serve_lock(state: Path) -> Iterator[None]:
 
     An OS lock (not a pid file) so that a receiver killed with SIGKILL leaves nothing stale.
     """
-    lock_file: IO[bytes] = open(state / LOCK, "a+b")  # noqa: SIM115 (held for the whole run)
+    try:
+        lock_file: IO[bytes] = open(state / LOCK, "a+b")  # noqa: SIM115 (held for the run)
+    except OSError as exc:
+        raise HomeError(
+            f"cannot write in the state directory {state}: {exc.strerror}; "
+            "choose another with --home or OT_HOOK_HOME"
+        ) from None
     try:
         if not _try_lock(lock_file):
             info = read_serve_info(state)

@@ -6,6 +6,7 @@ sending reuses send-sample's Sender (trust, retries, results and the exit code).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,30 @@ class ReplayError(Exception):
     """Nothing can be replayed as asked; the message is one line for the user."""
 
 
+RELAY_STATES = ("pending", "delivered", "failed")
+
+
 @dataclass(frozen=True)
 class Selection:
     filters: tail.Filters
     rows: tuple[int, ...] = ()
     everything: bool = False  # --all
+    relay_states: tuple[str, ...] = ()  # deliveries whose serve --forward-to relay is in these
 
     def is_empty(self) -> bool:
-        return not (self.everything or self.rows or self.filters != tail.Filters())
+        return not (self.everything or self.rows or self.relay_states
+                    or self.filters != tail.Filters())
+
+    def sql(self) -> tuple[str, list[object]]:
+        where, params = self.filters.sql()
+        conditions = [where] if where else []
+        if self.rows:
+            conditions.append(f"row IN ({','.join(str(int(n)) for n in self.rows)})")
+        if self.relay_states:
+            marks = ",".join("?" * len(self.relay_states))
+            conditions.append(f"row IN (SELECT row FROM relays WHERE state IN ({marks}))")
+            params = [*params, *self.relay_states]
+        return " AND ".join(f"({c})" for c in conditions), params
 
 
 def selected(path: Path, selection: Selection) -> Iterator[store.StoredDelivery]:
@@ -33,21 +50,25 @@ def selected(path: Path, selection: Selection) -> Iterator[store.StoredDelivery]
     if selection.is_empty():
         raise ReplayError(
             "say what to replay: --row, --id, --unique-id, --since, --action, --record, "
-            "--status, or --all"
+            "--status, --relay, or --all"
         )
     try:
         conn = store.open_for_reading(path)
     except store.StoreError as exc:
         raise ReplayError(str(exc)) from None
     try:
-        filters = selection.filters
-        if selection.rows:
-            rows = ",".join(str(int(n)) for n in selection.rows)
-            where, params = filters.sql()
-            condition = f"row IN ({rows})" + (f" AND ({where})" if where else "")
-            yield from store.read_rows(conn, condition, params)
-        else:
-            yield from tail.between(conn, filters, 0, tail.last_row(conn))
+        where, params = selection.sql()
+        after, last = 0, tail.last_row(conn)
+        while after < last:  # a batch at a time, so that memory stays flat
+            bounded = f"row > ? AND row <= ?{f' AND {where}' if where else ''}"
+            try:
+                rows = store.read_rows(conn, bounded, [after, last, *params], limit=tail.BATCH)
+            except sqlite3.OperationalError as exc:  # a store from before serve --forward-to
+                raise ReplayError(f"cannot select from {path}: {exc}") from None
+            yield from rows
+            if len(rows) < tail.BATCH:
+                return
+            after = rows[-1].row
     finally:
         conn.close()
 

@@ -8,12 +8,15 @@ count is reported as soon as the writer catches up.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TextIO
 
 from ot_hook.receiver import RequestRecord, describe
+from ot_hook.textsafe import printable
 
 QUEUE_LINES = 10_000
 
@@ -73,6 +76,35 @@ class StatusLog:
                     self._stream.write(f"({dropped} log lines dropped: stderr was too slow)\n")
                 self._stream.write(text + "\n")
                 self._stream.flush()
+
+
+class OneLineHandler(logging.Handler):
+    """aiohttp logs malformed requests (bad headers, unknown encodings) with a traceback;
+    on serve's console that is one line, like every other refused request."""
+
+    def __init__(self, log: StatusLog) -> None:
+        super().__init__(logging.INFO)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            text += f": {error.__class__.__name__}: {' '.join(str(error).split())}"
+        self._log.line(f"{_now()} {printable(text)[:300]}")
+
+
+@contextlib.contextmanager
+def aiohttp_errors_to(log: StatusLog) -> Iterator[None]:
+    logger = logging.getLogger("aiohttp.server")
+    handler = OneLineHandler(log)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _now() -> str:

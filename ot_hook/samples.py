@@ -181,6 +181,8 @@ def split_bodies(data: bytes) -> list[bytes]:
     if isinstance(whole, dict):
         return [data]
     if isinstance(whole, list):
+        if not whole:
+            raise BadInput("no events: it is an empty array")
         return _array_items(text, whole)
     raise BadInput(f"expected JSON objects, got {type(whole).__name__}")
 

@@ -110,6 +110,10 @@ def check_url(url: str, *, allow_http: bool = False) -> str:
         raise SendError(f"the URL {url!r} has a bad port", ExitCode.USAGE) from None
     if not parts.hostname:
         raise SendError(f"the URL {url!r} names no host", ExitCode.USAGE)
+    if parts.username is not None or parts.password is not None:
+        # Never echo the URL here: it holds a password.
+        raise SendError("put the user and password in --user and --password-file (or "
+                        "OT_HOOK_USER and OT_HOOK_PASSWORD), not in the URL", ExitCode.USAGE)
     return url
 
 

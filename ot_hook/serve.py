@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import re
 import shlex
 import signal
 import ssl
@@ -24,11 +25,13 @@ from ot_hook import __version__, certs, credentials, home
 from ot_hook.forwarder import Forwarder, ForwardTarget, describe
 from ot_hook.listener import PeekingTLSSite, bind
 from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, create_app
-from ot_hook.requestlog import StatusLog
+from ot_hook.requestlog import StatusLog, aiohttp_errors_to
 from ot_hook.sender import is_loopback
 from ot_hook.store import Saved, Store
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
+# What a sender can put in a URL as it is and the receiver's router matches exactly.
+VALID_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
 SHUTDOWN_TIMEOUT = 3.0  # in-flight deliveries get this long to finish after a stop request
 SAMPLE = (
     '{"Id": 1947, "ActionType": 4, "RecordType": 7, "UniqueId": 890, '
@@ -143,16 +146,25 @@ class Receiver:
 
     def _start_blocking_parts(self) -> None:
         options = self.options
-        if not options.path.startswith("/"):
-            raise ServeError(f"--path must start with '/', got {options.path!r}")
+        if not VALID_PATH.fullmatch(options.path):
+            raise ServeError(
+                f"--path must start with '/' and hold only letters, digits and - . _ ~ / "
+                f"(no query, spaces or % escapes), got {options.path!r}"
+            )
         if (options.cert is None) != (options.key is None):
             raise ServeError("--cert and --key go together: give both, or neither")
-        self.state = state = home.ensure_home(options.home)
+        # Absolute, so that serve.json and the banner's curl line work from any directory.
+        self.state = state = home.ensure_home(options.home.absolute())
         self._exit.enter_context(home.serve_lock(state))
         self.creds = credentials.for_serve(
             options.user, options.password, options.password_file, state
         )
         self.user = self.creds.user
+        if self.creds.password == "" and not is_loopback(options.host):
+            raise ServeError(
+                f"an empty password on {options.host} would let anyone who can reach it "
+                "deliver; set a password, or listen on 127.0.0.1"
+            )
         self.local_ca: certs.LocalCA | None = None
         if options.cert is not None and options.key is not None:
             self.context = certs.server_context(options.cert, options.key)
@@ -167,6 +179,7 @@ class Receiver:
         self._exit.callback(self.store.close)
         self.log = StatusLog(self._stderr, quiet=options.quiet)
         self._exit.callback(self.log.close)
+        self._exit.enter_context(aiohttp_errors_to(self.log))
         self.forwarder: Forwarder | None = None
         if options.forward is not None:
             self.forwarder = Forwarder(self.store, options.forward.target(),
@@ -207,6 +220,7 @@ class Receiver:
                 user=self.creds.user, ca=str(self.ca_path) if self.ca_path else None,
                 started_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 forward_to=options.forward.url if options.forward else None,
+                password_kept=options.password is None and options.password_file is None,
             ),
         )
         self._exit.callback(home.remove_serve_info, self.state, os.getpid())
@@ -324,6 +338,8 @@ def banner(
              "--data-binary", SAMPLE, url]
     lines.append("  try          " + " ".join(shlex.quote(part) for part in curl))
     lines.append("               (put the password in place of ****)")
+    if creds.password == "":
+        lines.append("  WARNING      the password is empty: whoever knows the user name gets in")
     if not is_loopback(options.host):
         lines.append(f"  WARNING      listening on {options.host}: other machines can reach this "
                      "receiver")

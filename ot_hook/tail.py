@@ -14,7 +14,7 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -88,7 +88,9 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
 
 
-def parse_codes(values: Iterable[str], table: dict[int, codes.Code], kind: str) -> tuple[int, ...]:
+def parse_codes(
+    values: Iterable[str], table: Mapping[int, codes.Code], kind: str
+) -> tuple[int, ...]:
     """Codes given as numbers (known or not) or names ("change status", "SalesOrder")."""
     by_name = {_squash(entry.name): code for code, entry in table.items()}
     found: list[int] = []
@@ -139,9 +141,12 @@ def parse_since(text: str, *, now: datetime | None = None, tz: tzinfo | None = N
 
 
 def parse_moment(text: str, *, now: datetime | None = None, tz: tzinfo | None = None) -> datetime:
-    duration = parse_duration(text)
-    if duration is not None:
-        return (now or datetime.now(UTC)) - duration
+    try:
+        duration = parse_duration(text)
+        if duration is not None:
+            return (now or datetime.now(UTC)) - duration
+    except (OverflowError, ValueError):  # 800000d: before the year 1
+        raise FilterError(f"{text!r} reaches back before the year 1") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -150,13 +155,19 @@ def parse_moment(text: str, *, now: datetime | None = None, tz: tzinfo | None = 
             "optionally with an offset such as +05:30 or Z)"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=tz) if tz is not None else moment.astimezone()
+        try:
+            moment = moment.replace(tzinfo=tz) if tz is not None else moment.astimezone()
+        except (OverflowError, ValueError):
+            raise FilterError(f"{text!r} is out of the range of dates") from None
     return moment
 
 
 def stored_time(moment: datetime) -> str:
     """`moment` written as the receiver writes received_at (UTC, microseconds, Z)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except (OverflowError, ValueError):  # 0001-01-01 in a zone east of UTC
+        return "0001-01-01T00:00:00.000000Z" if moment.year < 2 else "9999-12-31T23:59:59Z"
 
 
 # Reading ---------------------------------------------------------------------------------
@@ -477,8 +488,8 @@ def resolve_filters(
 ) -> Filters:
     """Filters from what a user typed; raises FilterError with a one-line message."""
     return Filters(
-        actions=parse_codes(actions, codes.ACTIONS, "--action"),
-        records=parse_codes(records, codes.RECORDS, "--record"),
+        actions=parse_codes(actions, codes.active().table("action"), "--action"),
+        records=parse_codes(records, codes.active().table("record"), "--record"),
         ids=tuple(ids),
         unique_ids=tuple(unique_ids),
         outcomes=parse_outcomes(outcomes),

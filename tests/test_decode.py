@@ -304,7 +304,7 @@ def test_user_codes_from_the_environment(capsys: pytest.CaptureFixture[str], tmp
     path.write_text("[actions\n")
     code, out, err = run(capsys, "5")
     assert (code, out) == (7, "")
-    assert err.startswith("ot-hook: error: codes file") and err.count("\n") == 1
+    assert err.startswith("ot-hook: error: OT_HOOK_CODES: codes file") and err.count("\n") == 1
 
 
 def test_events_from_an_argument(capsys: pytest.CaptureFixture[str]) -> None:

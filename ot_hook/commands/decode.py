@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from ot_hook.cliutil import error, fail
+from ot_hook.cliutil import discard_stdout, error, fail
 from ot_hook.exitcodes import ExitCode
 
 if TYPE_CHECKING:  # the library is imported when the command runs, not when the CLI starts
@@ -201,9 +201,5 @@ def _quiet_on_closed_pipe(stdout: TextIO) -> Iterator[None]:
     try:
         yield
     except BrokenPipeError:
-        try:  # Python would complain again when it flushes stdout at exit
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stdout.fileno())
-        except (OSError, ValueError, io.UnsupportedOperation):
-            pass
+        discard_stdout()
         raise typer.Exit(int(ExitCode.OK)) from None

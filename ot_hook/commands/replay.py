@@ -35,7 +35,7 @@ EPILOG = """Examples:
 
   ot-hook replay --unique-id 1877 --to http://localhost:3000/hook
 
-  ot-hook replay --row 12 --row 13             (to the receiver's --forward-to)
+  ot-hook replay --relay failed               (what your app missed)
 """
 
 
@@ -66,6 +66,11 @@ def replay(
     ] = None,
     status: Annotated[
         list[str] | None, typer.Option(help="accepted, duplicate or rejected (repeatable).")
+    ] = None,
+    relay: Annotated[
+        list[str] | None,
+        typer.Option(help="Deliveries whose serve --forward-to relay is pending, delivered or "
+                     "failed (repeatable): --relay failed resends what your app missed."),
     ] = None,
     everything: Annotated[
         bool, typer.Option("--all", help="Every stored delivery.")
@@ -102,7 +107,11 @@ def replay(
         )
     except tail.FilterError as exc:
         fail(str(exc), ExitCode.USAGE)
-    selection = replaying.Selection(filters, tuple(row or ()), everything)
+    states = tuple(dict.fromkeys(state.strip().lower() for state in relay or ()))
+    unknown = [state for state in states if state not in replaying.RELAY_STATES]
+    if unknown:
+        fail(f"--relay {unknown[0]!r}: choose pending, delivered or failed", ExitCode.USAGE)
+    selection = replaying.Selection(filters, tuple(row or ()), everything, states)
     destination = to or replaying.default_target(state) or "https://127.0.0.1:8443/"
     try:
         chosen = list(replaying.selected(state / home_files.STORE, selection))

@@ -25,6 +25,7 @@ from ot_hook.cliutil import (
     SendJsonOption,
     TimeoutOption,
     UserOption,
+    discard_stdout,
     fail,
     resolve_home,
 )
@@ -108,7 +109,8 @@ def send_sample(
 ) -> None:
     """Send realistic Audit Trail deliveries over HTTPS with Basic Auth, and report each answer.
 
-    Exit 0 when every delivery got a 2xx; else 3 connection, 4 credentials, 5 timeout, 6 HTTP.
+    Exit 0 when every delivery got a 2xx; else 3 connection failed, 4 credentials refused,
+    5 timed out, 6 an HTTP error; 2 a bad option, 7 a bad --file, 130 interrupted.
     """
     from ot_hook import samples
 
@@ -182,7 +184,7 @@ def _code(kind: codes.Kind, term: str) -> int:
     if code is not None:
         return code
     try:
-        return decode.lookup_name(codes.BUILTIN, term, kind)[0].code
+        return decode.lookup_name(codes.active(), term, kind)[0].code
     except decode.LookupFailed as exc:
         fail(f"--{kind}: {exc}", ExitCode.USAGE)
 
@@ -233,6 +235,9 @@ def send_and_report(
         fail(str(exc), exc.code)
     except KeyboardInterrupt:
         fail(f"interrupted after {report.done} of {total} deliveries", ExitCode.INTERRUPTED)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted; stop quietly
+        discard_stdout()
+        return ExitCode.OK
     report.summary(summary)
     return summary.exit_code
 

@@ -87,8 +87,9 @@ def serve(
     ] = None,
     forward_password: Annotated[
         str | None,
-        typer.Option(envvar="OT_HOOK_FORWARD_PASSWORD", help="Basic Auth password for "
-                     "--forward-to.", rich_help_panel="Forwarding"),
+        typer.Option(envvar="OT_HOOK_FORWARD_PASSWORD", show_envvar=False,
+                     help="Basic Auth password for --forward-to (or the environment's "
+                     "OT_HOOK_FORWARD_PASSWORD).", rich_help_panel="Forwarding"),
     ] = None,
     forward_password_file: Annotated[
         Path | None,
@@ -101,7 +102,8 @@ def serve(
                      rich_help_panel="Forwarding"),
     ] = None,
     forward_insecure: Annotated[
-        bool, typer.Option(help="Do not verify the certificate of --forward-to.",
+        bool, typer.Option("--forward-insecure",
+                           help="Do not verify the certificate of --forward-to.",
                            rich_help_panel="Forwarding"),
     ] = False,
     forward_retries: Annotated[

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Annotated
 
 import typer
 
-from ot_hook.cliutil import HomeOption, fail, resolve_home
+from ot_hook.cliutil import HomeOption, discard_stdout, fail, resolve_home
 from ot_hook.exitcodes import ExitCode
 
 EPILOG = """Examples:
@@ -23,7 +21,8 @@ EPILOG = """Examples:
 
 def tail(
     lines: Annotated[
-        int, typer.Option("--lines", "-n", min=0, help="How many stored deliveries to show first.")
+        int, typer.Option("--lines", "-n", min=0, max=2**62,
+                          help="How many stored deliveries to show first.")
     ] = 10,
     follow: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Keep showing new deliveries as they "
@@ -102,16 +101,6 @@ def tail(
     except KeyboardInterrupt:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except BrokenPipeError:  # `| head` has what it wanted
-        _discard_stdout()
+        discard_stdout()
     except (tailing.NoStore, store.StoreError) as exc:
         fail(str(exc))
-
-
-def _discard_stdout() -> None:
-    """Point stdout at /dev/null so the flush at exit does not complain about the closed pipe."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # stdout is not a real file (tests)
-        pass
