@@ -80,3 +80,45 @@ def test_help_and_version_need_no_network_libraries() -> None:
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "ot-hook" in result.stdout
+
+
+def test_a_lock_file_that_cannot_be_written(capsys: pytest.CaptureFixture[str]) -> None:
+    kernel = Path("/sys/kernel")
+    if not kernel.is_dir():
+        pytest.skip("no /sys/kernel here")
+    code, _, err = run_cli(capsys, "serve", "--home", str(kernel), "--port", "0", "--user", "u",
+                           "--password", "p")
+    assert code == 1
+    assert "cannot write in the state directory /sys/kernel" in err
+    assert "Traceback" not in err
+
+
+def test_an_empty_password_is_refused_off_loopback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"), "--host", "0.0.0.0",
+                           "--port", "0", "--user", "u", "--password", "")
+    assert code == 1
+    assert "empty password on 0.0.0.0" in err
+
+
+@pytest.mark.parametrize("path", ["/hook?x=1", "/a%20b", "/my hook", "hook", "/#frag"])
+def test_a_path_the_router_cannot_match_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, path: str
+) -> None:
+    code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"), "--port", "0",
+                           "--path", path, "--user", "u", "--password", "p")
+    assert code == 1
+    assert "--path must start with '/'" in err
+
+
+def test_std_streams_closed_do_not_crash() -> None:
+    closed_stdout = subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.close(1); from ot_hook.cli import main; "
+         "sys.exit(main(['decode', '--list']))"], capture_output=True, text=True, timeout=60)
+    assert closed_stdout.returncode == 0, closed_stdout.stderr
+    closed_stdin = subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.close(0); from ot_hook.cli import main; "
+         "sys.exit(main(['decode', '-']))"], capture_output=True, text=True, timeout=60)
+    assert closed_stdin.returncode == 0, closed_stdin.stderr
+    assert "Traceback" not in closed_stdout.stderr + closed_stdin.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ot_hook import codes
@@ -68,3 +70,26 @@ def test_unknown_code_is_never_guessed() -> None:
         lookup_code(BUILTIN, 1071, "record")
     with pytest.raises(LookupFailed, match="unknown ActionType or RecordType 9999"):
         lookup_code(BUILTIN, 9999)
+
+
+def test_user_codes_reach_every_command(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ot_hook.cli import main
+    from ot_hook.tail import FilterError, resolve_filters
+
+    user = tmp_path / "codes.toml"
+    user.write_text('[actions]\n5 = "Login"\n')
+    monkeypatch.setenv("OT_HOOK_CODES", str(user))
+    try:
+        assert main(["prune", "--help"]) == 0  # any command: the root loads the file
+        capsys.readouterr()
+        assert codes.action_name(5) == "Login"
+        assert resolve_filters(actions=["login"]).actions == (5,)
+    finally:
+        monkeypatch.delenv("OT_HOOK_CODES")
+        assert main(["prune", "--help"]) == 0
+        capsys.readouterr()
+    assert codes.action_name(5) is None
+    with pytest.raises(FilterError):
+        resolve_filters(actions=["login"])

@@ -194,3 +194,17 @@ def test_outcome_policy() -> None:
     assert (state, wait) == ("pending", 2.0)
     assert outcome_of(None, 6, 5, None) == ("failed", None)
     assert outcome_of(429, 3, 5, None)[0] == "pending"
+
+
+async def test_an_untrusted_certificate_fails_at_once_with_the_fix(
+    state: Path, tmp_path: Path
+) -> None:
+    # The target is another ot-hook receiver, whose local CA the relay was not told about.
+    async with running(tmp_path / "other") as other:
+        forward = ForwardOptions(other.url, retries=5)
+        async with running(state, forward=forward) as r:
+            await post(r, sample(1))
+            await until(lambda: relay_rows(state) == [(1, "failed", 1)])
+    [(_, attempt, status, error, final)] = attempts(state)
+    assert (attempt, status, final) == (1, None, "failed")
+    assert error is not None and "--forward-cacert" in error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,21 @@ def test_explicit_credentials_are_sent(capsys: pytest.CaptureFixture[str], fille
                               "--password", "pw")
     assert code == 0, err
     assert received[0].headers["Authorization"] == basic("app", "pw")
+
+
+def test_relay_failed_selects_what_the_app_missed(
+    capsys: pytest.CaptureFixture[str], state: Path
+) -> None:
+    with recording_app([404, 200]) as (url, received):
+        with running_in_thread(state, forward=ForwardOptions(url, retries=0)) as receiver:
+            post_sync(receiver, sample(1))  # the app answers 404: failed, never retried
+            post_sync(receiver, sample(2))  # 200: delivered
+            for _ in range(250):
+                if len(received) == 2:
+                    break
+                time.sleep(0.02)
+        code, out, err = replay(capsys, state, "--relay", "failed", "--dry-run", "--to", url)
+    assert code == 0, err
+    assert [json.loads(line)["event"]["Id"] for line in out.splitlines()] == [1]
+    code, _, err = replay(capsys, state, "--relay", "lost", "--to", url)
+    assert code == 2 and "choose pending, delivered or failed" in err

@@ -519,3 +519,22 @@ def test_help_does_not_import_aiohttp() -> None:
                             timeout=WAIT, check=True)
     assert "Examples:" in result.stdout
     assert result.stdout.splitlines()[-1] == "False False"
+
+
+def test_credentials_in_the_url_are_refused_without_echoing_them(
+    capsys: pytest.CaptureFixture[str], state: Path
+) -> None:
+    code = main(["send-sample", "https://demo:hunter2@127.0.0.1:9/", "--home", str(state)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "not in the URL" in err and "hunter2" not in err
+
+
+def test_an_empty_array_file_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, state: Path
+) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    code = main(["send-sample", "--home", str(state), "-f", str(empty)])
+    assert code == 7
+    assert "empty array" in capsys.readouterr().err

@@ -264,3 +264,35 @@ def test_sigterm_stops_cleanly_with_every_acknowledged_delivery_stored(state: Pa
 def test_sigint_stops_with_exit_0(state: Path) -> None:
     served = start_serve(state)
     assert served.stop(signal.SIGINT) == 0
+
+
+async def test_an_empty_password_works_with_a_warning(state: Path) -> None:
+    err = io.StringIO()
+    async with Receiver(options(state, password=""), err) as receiver:
+        assert (await post(receiver, SAMPLE, auth=basic(USER, ""))).status == 200
+        assert (await post(receiver, SAMPLE, auth=basic(USER, "x"))).status == 401
+    assert "the password is empty" in err.getvalue()
+
+
+async def test_a_relative_home_is_written_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with running(Path("rel")) as receiver:
+        info = home.read_serve_info(tmp_path / "rel")
+        assert info is not None and info.ca == str(tmp_path / "rel" / "ca.pem")
+        assert receiver.ca_path == tmp_path / "rel" / "ca.pem"
+
+
+async def test_malformed_http_is_one_line_on_the_console(state: Path) -> None:
+    err = io.StringIO()
+    async with Receiver(options(state, quiet=False), err) as receiver:
+        answer = await post(receiver, SAMPLE, headers={"Content-Encoding": "br"})
+        assert answer.status == 400
+        for _ in range(100):
+            if "Error handling request" in err.getvalue():
+                break
+            await asyncio.sleep(0.02)
+    lines = [line for line in err.getvalue().splitlines() if "Error handling" in line]
+    assert len(lines) == 1 and "ContentEncodingError" in lines[0]
+    assert "Traceback" not in err.getvalue()

@@ -453,3 +453,13 @@ def test_the_library_follows_with_an_injected_terminal_and_stop(state: Path) -> 
     assert not thread.is_alive()
     assert [json.loads(x)["event"]["Id"] for x in out.getvalue().splitlines()] == [60, 61]
     assert "waiting" in err.getvalue()
+
+
+@pytest.mark.parametrize("since", ["800000d", "9999999999d", "0001-01-01"])
+def test_a_since_out_of_the_range_of_dates_is_a_usage_error(since: str) -> None:
+    from ot_hook.tail import FilterError, parse_since
+
+    try:
+        parse_since(since)
+    except FilterError as exc:
+        assert "\n" not in str(exc)
