@@ -211,16 +211,21 @@ async def _read_body(
     Returns the bytes kept, how many arrived, and (status, reason) when the body is refused.
     Reading stops just past the cap, so an endless or decompressing body cannot fill memory.
     """
+    content = request.content
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(timeout):
-            while size <= max_body:
-                chunk = await request.content.read(max_body + 1 - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
+        if content.is_eof():  # the usual small delivery came whole with its headers
+            chunks.append(content.read_nowait(-1))
+            size = len(chunks[0])
+        else:
+            async with asyncio.timeout(timeout):
+                while size <= max_body:
+                    chunk = await content.read(max_body + 1 - size)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
     except TimeoutError:
         reason = f"the body did not arrive within {timeout:g} s ({size} bytes came)"
         return b"".join(chunks), size, (408, reason)
@@ -232,13 +237,20 @@ async def _read_body(
         return b"".join(chunks), size, (400, reason)
     body = b"".join(chunks)
     if size > max_body:
-        declared = request.content_length
-        more = f" (Content-Length {declared})" if declared is not None else ""
-        return body[:max_body], size, (
-            413, f"body larger than the limit of {max_body} bytes{more}; the first "
-            f"{max_body} bytes are kept",
-        )
+        return body[:max_body], size, (413, _too_large(request, max_body))
     return body, size, None
+
+
+def _too_large(request: web.Request, max_body: int) -> str:
+    declared = request.content_length
+    if declared is None:
+        more = ""
+    elif request.headers.get("Content-Encoding"):
+        more = f" once decoded (Content-Length {declared} before)"
+    else:
+        more = f" (Content-Length {declared})"
+    return (f"body larger than the limit of {max_body} bytes{more}; "
+            f"the first {max_body} bytes are kept")
 
 
 def safe_headers(request: web.Request) -> list[tuple[str, str]]:
