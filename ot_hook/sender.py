@@ -156,6 +156,11 @@ def target(
     host = urlsplit(url).hostname or ""
     if is_loopback(host):
         local = state / home.CA_CERT
+        running = home.read_serve_info(state)
+        if running is not None and running.ca is None:
+            raise SendError(
+                f"the receiver on {state} serves a certificate of its own (--cert): pass the "
+                "CA that signed it with --cacert FILE", ExitCode.USAGE)
         if not local.exists():
             raise SendError(
                 f"no local CA at {local}: start ot-hook serve with this --home, pass the --home "
@@ -455,8 +460,8 @@ class Sender:
     async def _connect_message(self, exc: aiohttp.ClientConnectorError) -> str:
         tried = ", ".join(await self._addresses())
         if _is_refused(exc.os_error):
-            return (f"connection refused by {self._where()} (tried {tried}): is the receiver "
-                    "running there?")
+            return (f"connection refused by {self._where()} (tried {tried}): is anything "
+                    "listening there?")
         return f"cannot connect to {self._where()} (tried {tried}): {_reason(exc.os_error)}"
 
     async def _addresses(self) -> list[str]:

@@ -83,6 +83,10 @@ class ForwardOptions:
     def target(self) -> ForwardTarget:
         from ot_hook import sender
 
+        scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
+        if scheme not in ("http", "https"):
+            hint = f"; did you mean http://{self.url} ?" if not scheme else ""
+            raise ServeError(f"--forward-to must be an http:// or https:// URL{hint}")
         try:
             sender.check_url(self.url, allow_http=True)
         except sender.SendError as exc:
@@ -108,6 +112,7 @@ class ForwardOptions:
 
 def url_for(host: str, port: int, path: str) -> str:
     """The https URL a client uses; IPv6 literals in brackets, wildcards as loopback."""
+    host = host.removeprefix("[").removesuffix("]")
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     if ":" in shown:
         shown = f"[{shown}]"
@@ -179,6 +184,7 @@ class Receiver:
         self._exit.callback(self.store.close)
         self.log = StatusLog(self._stderr, quiet=options.quiet)
         self._exit.callback(self.log.close)
+        self.store.on_replaced = lambda message: self.log.line(f"WARNING: {message}")
         self._exit.enter_context(aiohttp_errors_to(self.log))
         self.forwarder: Forwarder | None = None
         if options.forward is not None:

@@ -256,9 +256,11 @@ class Store:
         default_factory=queue.SimpleQueue, init=False, repr=False
     )
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    _identity: tuple[int, int] | None = field(default=None, init=False, repr=False)
+    on_replaced: Callable[[str], None] | None = field(default=None, repr=False)
 
     def open(self) -> None:
-        self._conn = open_for_writing(self.path, max_pages=self.max_pages)
+        self._connect()
         self._thread = threading.Thread(target=self._run, name="ot-hook-store", daemon=True)
         self._thread.start()
 
@@ -344,7 +346,23 @@ class Store:
 
         return self._transaction(insert)
 
+    def _connect(self) -> None:
+        self._conn = open_for_writing(self.path, max_pages=self.max_pages)
+        self._identity = _identity(self.path)
+
+    def _reconnect_if_replaced(self) -> None:
+        """Someone removed or replaced events.db while we run: writing on to the old file
+        would answer 200 for deliveries nobody can read. Start a new store instead."""
+        if _identity(self.path) == self._identity:
+            return
+        if self._conn is not None:
+            self._conn.close()
+        self._connect()
+        if self.on_replaced is not None:
+            self.on_replaced(f"{self.path} was removed or replaced: writing to a new store")
+
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        self._reconnect_if_replaced()
         conn = self._conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
@@ -356,6 +374,14 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
         return result
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _record_key(d: Delivery) -> str:

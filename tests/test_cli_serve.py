@@ -122,3 +122,16 @@ def test_std_streams_closed_do_not_crash() -> None:
          "sys.exit(main(['decode', '-']))"], capture_output=True, text=True, timeout=60)
     assert closed_stdin.returncode == 0, closed_stdin.stderr
     assert "Traceback" not in closed_stdout.stderr + closed_stdin.stderr
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("ftp://example.test/", "--forward-to must be an http:// or https:// URL"),
+    ("localhost:3000/hook", "did you mean http://localhost:3000/hook"),
+])
+def test_a_forward_url_that_cannot_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, url: str, message: str
+) -> None:
+    code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"), "--port", "0",
+                           "--user", "u", "--password", "p", "--forward-to", url)
+    assert code == 1
+    assert message in err

@@ -296,3 +296,9 @@ async def test_malformed_http_is_one_line_on_the_console(state: Path) -> None:
     lines = [line for line in err.getvalue().splitlines() if "Error handling" in line]
     assert len(lines) == 1 and "ContentEncodingError" in lines[0]
     assert "Traceback" not in err.getvalue()
+
+
+async def test_an_ipv6_host_may_be_written_in_brackets(state: Path) -> None:
+    async with running(state, host="[::1]") as receiver:
+        assert receiver.url.startswith("https://[::1]:")
+        assert (await post(receiver, SAMPLE)).status == 200

@@ -70,8 +70,9 @@ def serve(
     ] = 0.0,
     idle_timeout: Annotated[
         float,
-        typer.Option(min=0.1, help="Close a connection that sends nothing, or stops halfway "
-                     "through a request, after this many seconds."),
+        typer.Option(min=0.1, help="Close a connection that sends nothing for this many "
+                     "seconds, or takes longer than that to send a request's headers or its "
+                     "body (408)."),
     ] = 60.0,
     forward_to: Annotated[
         str | None,
