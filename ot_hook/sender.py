@@ -382,6 +382,8 @@ class Sender:
         async with aiohttp.ClientSession(
             connector=connector, headers=headers,
             timeout=aiohttp.ClientTimeout(total=options.timeout),
+            # Receivers answer a line of text: no cookies to keep, nothing to decompress.
+            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
         ) as session:
             queue = enumerate(deliveries)  # shared: each worker takes the next one
             await asyncio.gather(
