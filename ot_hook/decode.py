@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ot_hook.codes import BUILTIN, FIELDS, KINDS, Code, Kind, Source, Tables
+from ot_hook.codes import BUILTIN, FIELDS, KINDS, Code, Kind, Source, Tables, active
 from ot_hook.events import json_type_name
 from ot_hook.textsafe import printable
 
@@ -91,6 +91,15 @@ def parse_code(term: str) -> int | None:
     """The code a term names, or None when it is a name."""
     term = term.strip()
     return int(term) if _CODE.fullmatch(term) else None
+
+
+def code_for(kind: Kind, term: str) -> int:
+    """What a user typed for --action or --record: a code as it is (an unknown one may be
+    meant), or a name from the tables in use; raises LookupFailed with "did you mean"."""
+    code = parse_code(term)
+    if code is not None:
+        return code
+    return lookup_name(active(), term, kind)[0].code
 
 
 def look_up(tables: Tables, term: str, kind: Kind | None = None) -> list[Code]:

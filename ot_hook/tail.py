@@ -14,7 +14,7 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -88,27 +88,14 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
 
 
-def parse_codes(
-    values: Iterable[str], table: Mapping[int, codes.Code], kind: str
-) -> tuple[int, ...]:
+def parse_codes(values: Iterable[str], kind: codes.Kind) -> tuple[int, ...]:
     """Codes given as numbers (known or not) or names ("change status", "SalesOrder")."""
-    by_name = {_squash(entry.name): code for code, entry in table.items()}
-    found: list[int] = []
-    for value in values:
-        if value.strip().lstrip("-").isdigit():
-            found.append(int(value))
-        elif _squash(value) in by_name:
-            found.append(by_name[_squash(value)])
-        else:
-            raise FilterError(
-                f"unknown {kind} {value!r}; give a code or a name "
-                f"(see 'ot-hook decode --list')"
-            )
-    return tuple(found)
+    from ot_hook import decode
 
-
-def _squash(name: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", name.lower())
+    try:
+        return tuple(decode.code_for(kind, value) for value in values)
+    except decode.LookupFailed as exc:
+        raise FilterError(f"--{kind}: {exc}") from None
 
 
 def parse_outcomes(values: Iterable[str]) -> tuple[str, ...]:
@@ -488,8 +475,8 @@ def resolve_filters(
 ) -> Filters:
     """Filters from what a user typed; raises FilterError with a one-line message."""
     return Filters(
-        actions=parse_codes(actions, codes.active().table("action"), "--action"),
-        records=parse_codes(records, codes.active().table("record"), "--record"),
+        actions=parse_codes(actions, "action"),
+        records=parse_codes(records, "record"),
         ids=tuple(ids),
         unique_ids=tuple(unique_ids),
         outcomes=parse_outcomes(outcomes),

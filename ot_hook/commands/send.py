@@ -180,11 +180,8 @@ def _code(kind: codes.Kind, term: str) -> int:
     """A code as it is (an unknown one may be sent on purpose), or a name from the tables."""
     from ot_hook import decode
 
-    code = decode.parse_code(term)
-    if code is not None:
-        return code
     try:
-        return decode.lookup_name(codes.active(), term, kind)[0].code
+        return decode.code_for(kind, term)
     except decode.LookupFailed as exc:
         fail(f"--{kind}: {exc}", ExitCode.USAGE)
 
