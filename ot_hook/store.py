@@ -348,12 +348,12 @@ class Store:
 
     def _connect(self) -> None:
         self._conn = open_for_writing(self.path, max_pages=self.max_pages)
-        self._identity = _identity(self.path)
+        self._identity = file_identity(self.path)
 
     def _reconnect_if_replaced(self) -> None:
         """Someone removed or replaced events.db while we run: writing on to the old file
         would answer 200 for deliveries nobody can read. Start a new store instead."""
-        if _identity(self.path) == self._identity:
+        if file_identity(self.path) == self._identity:
             return
         if self._conn is not None:
             self._conn.close()
@@ -376,7 +376,9 @@ class Store:
         return result
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` is now (device, inode), or None when there is none: tells a store
+    removed or replaced under a running reader or writer."""
     try:
         stat = os.stat(path)
     except OSError:

@@ -336,21 +336,22 @@ def deliveries(
             return
         version = _data_version(conn)
         status(f"following {spec.path} (Ctrl-C to stop)")
-        identity = _identity(spec.path)
+        identity = store.file_identity(spec.path)
         next_recheck = clock() + spec.recheck_interval
         while not stop():
             sleep(spec.poll_interval)
             changed = _data_version(conn) != version
             if clock() >= next_recheck:
                 next_recheck = clock() + spec.recheck_interval
-                if _identity(spec.path) != identity:  # deleted or replaced under us
+                if store.file_identity(spec.path) != identity:  # deleted or replaced under us
                     conn.close()
                     status(f"the store {spec.path} was replaced; following the new one")
                     reopened = _wait_for_store(spec, status, stop, sleep)
                     if reopened is None:
                         return
                     conn = reopened
-                    seen, relays_seen, identity, changed = 0, None, _identity(spec.path), True
+                    seen, relays_seen, changed = 0, None, True
+                    identity = store.file_identity(spec.path)
                 at = marks(conn)  # a safety net; cheap
                 changed = changed or at.row != seen or (spec.relays and at.attempt != relays_seen)
             if not changed:
@@ -391,14 +392,6 @@ def _wait_for_store(
 
 def _data_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA data_version").fetchone()[0])
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
 
 
 # Showing ---------------------------------------------------------------------------------
