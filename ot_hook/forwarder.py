@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import sqlite3
 import ssl
 import time
@@ -23,9 +24,17 @@ from datetime import UTC, datetime
 import aiohttp
 
 from ot_hook import store
-from ot_hook.sender import backoff, retry_after
+from ot_hook.sender import retry_after
 
-DEFAULT_RETRIES = 5  # attempts after the first, for connection errors, timeouts, 429 and 5xx
+# Attempts after the first, for connection errors, timeouts, 429 and 5xx: with the backoff
+# below, an app may be down for about five minutes before a relay is given up as failed.
+DEFAULT_RETRIES = 10
+BACKOFF_FIRST = 0.5  # seconds before the first retry, doubled for each one after
+BACKOFF_MAX = 60.0
+RETRY_AFTER_MAX = 300.0
+# Sent with every relay; a receiver that gets it does not relay again, so two ot-hooks
+# forwarding to each other (or one to itself through a tunnel) cannot loop.
+RELAY_HEADER = "X-OT-Hook-Relay"
 TIMEOUT = 10.0  # seconds for one attempt
 CONCURRENCY = 8  # records relayed at once
 IDLE_POLL = 1.0  # seconds between looks at the store when nothing woke us
@@ -73,7 +82,15 @@ def outcome_of(
     retryable = not lasting and (status is None or status == 429 or status >= 500)
     if not retryable or attempt > retries:
         return "failed", None
-    return "pending", backoff(attempt, hinted)
+    return "pending", relay_backoff(attempt, hinted)
+
+
+def relay_backoff(attempt: int, hinted: float | None) -> float:
+    """Seconds before the next attempt: the app's Retry-After (within reason), else doubling
+    with jitter, so that relays to an app that is down spread out over minutes."""
+    if hinted is not None:
+        return min(hinted, RETRY_AFTER_MAX)
+    return min(BACKOFF_FIRST * 2.0 ** (attempt - 1), BACKOFF_MAX) * random.uniform(0.5, 1.0)
 
 
 class Forwarder:
@@ -160,7 +177,7 @@ class Forwarder:
 
     async def _relay(self, session: aiohttp.ClientSession, relay: Relay) -> None:
         attempt = relay.attempts + 1
-        headers = {}
+        headers = {RELAY_HEADER: str(relay.row)}
         if relay.content_type:
             headers["Content-Type"] = relay.content_type
         authorization = self._target.authorization or self.live_authorization.get(relay.row)

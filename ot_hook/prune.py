@@ -17,17 +17,24 @@ class NoStore(Exception):
     """There is no store at the path; the message is one line for the user."""
 
 
+# A delivery still waiting to be relayed to the user's app is kept: pruning it would lose
+# a delivery that was answered 200 but never reached the app.
+NOT_PENDING = "row NOT IN (SELECT row FROM relays WHERE state = 'pending')"
+
+
 def prune(path: Path, before: datetime | None) -> int:
     """Delete deliveries received before `before` (all of them when None), and what
     `serve --forward-to` kept about relaying them; return how many deliveries went.
+    Deliveries whose relay is still pending stay (see `pending_kept`).
 
     Row numbers are never reused (AUTOINCREMENT), so a following `tail` is not confused.
     Raises NoStore, and StoreError when the store cannot be written.
     """
     if not path.exists():
         raise NoStore(f"no store at {path}; nothing to prune")
-    where, params = ("received_at < ?", [stored_time(before)]) if before else ("1", [])
-    batch = f"SELECT row FROM deliveries WHERE {where} ORDER BY row LIMIT {BATCH}"
+    where, params = _older_than(before)
+    batch = (f"SELECT row FROM deliveries WHERE {where} AND {NOT_PENDING} "
+             f"ORDER BY row LIMIT {BATCH}")
     conn = store.open_for_writing(path)  # brings the schema up to date: the relay tables exist
     deleted = 0
     try:
@@ -50,3 +57,20 @@ def prune(path: Path, before: datetime | None) -> int:
         ) from None
     finally:
         conn.close()
+
+
+def pending_kept(path: Path, before: datetime | None) -> int:
+    """How many deliveries prune would delete but keeps, because their relay is pending."""
+    where, params = _older_than(before)
+    conn = store.open_for_writing(path)
+    try:
+        found = conn.execute(
+            f"SELECT count(*) FROM deliveries WHERE {where} AND NOT ({NOT_PENDING})", params
+        ).fetchone()
+        return int(found[0])
+    finally:
+        conn.close()
+
+
+def _older_than(before: datetime | None) -> tuple[str, list[str]]:
+    return ("received_at < ?", [stored_time(before)]) if before else ("1", [])

@@ -177,7 +177,8 @@ async def _delivery(request: web.Request) -> web.StreamResponse:
         event=event,
         reason=reason,
         warnings=warnings,
-        relay_to=config.relay_to if event is not None else None,
+        # A delivery that is itself a relay (of this or another ot-hook) is not relayed again.
+        relay_to=config.relay_to if event is not None and not _relayed(request) else None,
     )
     try:
         saved = await app[STORE_KEY].save(delivery)
@@ -193,6 +194,10 @@ async def _delivery(request: web.Request) -> web.StreamResponse:
     log(RequestRecord(status, saved.outcome, request.remote, body_size,
                       (time.perf_counter() - started) * 1000, event, saved.row, reason))
     return _text(status, _answer(saved, reason))
+
+
+def _relayed(request: web.Request) -> bool:
+    return "X-OT-Hook-Relay" in request.headers
 
 
 def _answer(saved: Saved, reason: str | None) -> str:

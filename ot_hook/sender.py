@@ -17,6 +17,7 @@ import email.utils
 import ipaddress
 import json
 import random
+import re
 import socket
 import ssl
 import time
@@ -93,25 +94,29 @@ def is_loopback(host: str) -> bool:
 
 def check_url(url: str, *, allow_http: bool = False) -> str:
     """The URL if we can send to it; a SendError (usage) naming the problem otherwise."""
+    shown = re.sub(r"//[^/@]*@", "//***@", url)  # never echo a password given in the URL
     if "://" not in url:
-        raise SendError(f"the URL {url!r} has no scheme; did you mean https://{url} ?",
+        raise SendError(f"the URL {shown!r} has no scheme; did you mean https://{shown} ?",
                         ExitCode.USAGE)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a bad port or an unclosed [IPv6
+    except ValueError:
+        raise SendError(f"the URL {shown!r} is not a valid URL (host or port)",
+                        ExitCode.USAGE) from None
     scheme = parts.scheme.lower()
     if scheme == "http" and not allow_http:
         raise SendError(
-            f"{url} is plain HTTP, and Order Time sends only HTTPS; use https://, "
+            f"{shown} is plain HTTP, and Order Time sends only HTTPS; use https://, "
             "or pass --allow-http to send in the clear anyway", ExitCode.USAGE)
     if scheme not in ("http", "https"):
-        raise SendError(f"the URL {url!r} must start with https://", ExitCode.USAGE)
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise SendError(f"the URL {url!r} has a bad port", ExitCode.USAGE) from None
+        wanted = "http:// or https://" if allow_http else "https://"
+        raise SendError(f"the URL {shown!r} must start with {wanted}", ExitCode.USAGE)
+    if port == 0:
+        raise SendError(f"the URL {shown!r} has port 0, where nothing listens", ExitCode.USAGE)
     if not parts.hostname:
-        raise SendError(f"the URL {url!r} names no host", ExitCode.USAGE)
+        raise SendError(f"the URL {shown!r} names no host", ExitCode.USAGE)
     if parts.username is not None or parts.password is not None:
-        # Never echo the URL here: it holds a password.
         raise SendError("put the user and password in --user and --password-file (or "
                         "OT_HOOK_USER and OT_HOOK_PASSWORD), not in the URL", ExitCode.USAGE)
     return url

@@ -22,7 +22,7 @@ from typing import Literal, TextIO
 from aiohttp import web
 
 from ot_hook import __version__, certs, credentials, home
-from ot_hook.forwarder import Forwarder, ForwardTarget, describe
+from ot_hook.forwarder import DEFAULT_RETRIES, Forwarder, ForwardTarget, describe
 from ot_hook.listener import PeekingTLSSite, bind
 from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, create_app
 from ot_hook.requestlog import StatusLog, aiohttp_errors_to
@@ -41,7 +41,11 @@ SAMPLE = (
 
 
 class ServeError(Exception):
-    """serve cannot start; the message is one line with a hint."""
+    """serve cannot start; the message is one line with a hint. `usage`: a bad option value."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class ForwardOptions:
     password_file: Path | None = None
     cacert: Path | None = None
     insecure: bool = False
-    retries: int = 5
+    retries: int = DEFAULT_RETRIES
 
     def target(self) -> ForwardTarget:
         from ot_hook import sender
@@ -86,13 +90,17 @@ class ForwardOptions:
         scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
         if scheme not in ("http", "https"):
             hint = f"; did you mean http://{self.url} ?" if not scheme else ""
-            raise ServeError(f"--forward-to must be an http:// or https:// URL{hint}")
+            raise ServeError(f"--forward-to must be an http:// or https:// URL{hint}", usage=True)
+        if "@" in self.url.partition("://")[2].partition("/")[0]:
+            raise ServeError("put your app's user and password in --forward-user and "
+                             "--forward-password-file, not in the URL", usage=True)
         try:
             sender.check_url(self.url, allow_http=True)
         except sender.SendError as exc:
-            raise ServeError(f"--forward-to: {exc}") from None
+            raise ServeError(f"--forward-to: {exc}", usage=True) from None
         if self.cacert is not None and self.insecure:
-            raise ServeError("give --forward-cacert or --forward-insecure, not both")
+            raise ServeError("give --forward-cacert or --forward-insecure, not both",
+                             usage=True)
         password = self.password
         if self.password_file is not None:
             password = credentials.read_password_file(self.password_file)
@@ -108,6 +116,18 @@ class ForwardOptions:
             except (OSError, ssl.SSLError) as exc:
                 raise ServeError(f"--forward-cacert {self.cacert}: {exc}") from None
         return ForwardTarget(self.url, context, authorization, self.retries)
+
+
+def _same_receiver(url: str, host: str, port: int) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    target = (parts.hostname or "").lower()
+    default = 443 if parts.scheme == "https" else 80
+    host = host.strip("[]").lower()
+    local = is_loopback(host) or host in ("0.0.0.0", "::", "")
+    same_host = target == host or (is_loopback(target) and local)
+    return same_host and (parts.port or default) == port
 
 
 def url_for(host: str, port: int, path: str) -> str:
@@ -188,8 +208,10 @@ class Receiver:
         self._exit.enter_context(aiohttp_errors_to(self.log))
         self.forwarder: Forwarder | None = None
         if options.forward is not None:
-            self.forwarder = Forwarder(self.store, options.forward.target(),
-                                       report=lambda result: self.log.line(describe(result)))
+            self.forwarder = Forwarder(
+                self.store, options.forward.target(),
+                report=None if options.quiet else lambda result: self.log.line(describe(result)),
+            )
 
     async def _start_site(self) -> None:
         options = self.options
@@ -199,6 +221,11 @@ class Receiver:
             raise ServeError(_bind_error(options.host, options.port, exc)) from None
         self.port = sock.getsockname()[1]
         self.url = url_for(options.host, self.port, options.path)
+        if options.forward is not None and _same_receiver(options.forward.url, options.host,
+                                                          self.port):
+            sock.close()
+            raise ServeError("--forward-to points at this receiver itself: every relay would "
+                             "come back and be relayed again", usage=True)
         app = create_app(
             self.store,
             Credentials.of(self.creds.user, self.creds.password),

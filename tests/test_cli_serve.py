@@ -133,5 +133,5 @@ def test_a_forward_url_that_cannot_work(
 ) -> None:
     code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"), "--port", "0",
                            "--user", "u", "--password", "p", "--forward-to", url)
-    assert code == 1
+    assert code == 2  # a bad option value
     assert message in err

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from ot_hook import home
@@ -208,3 +209,27 @@ async def test_an_untrusted_certificate_fails_at_once_with_the_fix(
     [(_, attempt, status, error, final)] = attempts(state)
     assert (attempt, status, final) == (1, None, "failed")
     assert error is not None and "--forward-cacert" in error
+
+
+async def test_forwarding_to_itself_is_refused(state: Path) -> None:
+    import io
+
+    from ot_hook.serve import Receiver, ServeError
+    from tests.support import options
+
+    port = free_port()
+    forward = ForwardOptions(f"https://localhost:{port}/")
+    with pytest.raises(ServeError, match="points at this receiver itself"):
+        async with Receiver(options(state, port=port, forward=forward), io.StringIO()):
+            pass
+
+
+async def test_a_relayed_delivery_is_not_relayed_again(state: Path) -> None:
+    # Two receivers forwarding to each other would loop; the relay header stops it.
+    async with user_app(App()) as app, running(state, forward=ForwardOptions(app.url)) as r:
+        await post(r, sample(1), headers={"X-OT-Hook-Relay": "7"})
+        await post(r, sample(2))
+        await until(lambda: len(app.received) == 1)
+        await asyncio.sleep(0.2)
+    assert [body for body, _ in app.received] == [sample(2)]
+    assert app.received[0][1]["X-OT-Hook-Relay"] == "2"

@@ -108,3 +108,17 @@ def test_no_store_exits_1(state: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["prune", "--home", str(state), "--all"]) == 1
     assert "no store" in capsys.readouterr().err
     assert not state.exists()  # prune made nothing
+
+
+async def test_prune_keeps_deliveries_whose_relay_is_pending(state: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"  # nothing listens there
+    async with running(state, forward=ForwardOptions(down, retries=50)) as receiver:
+        for n in (1, 2):
+            assert (await post(receiver, sample(n))).status == 200
+    assert pruning.prune(state / home.STORE, None) == 0
+    assert pruning.pending_kept(state / home.STORE, None) == 2
+    assert [row.event_id for row in stored(state)] == [1, 2]

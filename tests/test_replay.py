@@ -100,7 +100,7 @@ def test_dry_run_lists_and_sends_nothing(
     assert code == 0
     assert received == []
     assert [json.loads(line)["row"] for line in out.splitlines()] == [4]
-    assert f"would send 1 deliveries to {url}" in err
+    assert f"would send 1 delivery to {url}" in err
 
 
 def test_without_a_selection_it_asks_for_one(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -46,8 +47,12 @@ def prune(
     path = resolve_home(home) / state.STORE
     try:
         deleted = pruning.prune(path, before)
+        kept = pruning.pending_kept(path, before)
     except (pruning.NoStore, store.StoreError) as exc:
         fail(str(exc))
-    when = f" received before {before.astimezone():%Y-%m-%d %H:%M:%S %z}" if before else ""
+    when = f" received before {before.isoformat(sep=' ', timespec='seconds')}" if before else ""
     noun = "delivery" if deleted == 1 else "deliveries"
     print(f"Deleted {deleted} {noun}{when} from {path}.", flush=True)
+    if kept:
+        print(f"Kept {kept} whose relay to --forward-to is still pending.", file=sys.stderr,
+              flush=True)

@@ -19,6 +19,7 @@ from ot_hook.cliutil import (
     SendJsonOption,
     TimeoutOption,
     UserOption,
+    discard_stdout,
     fail,
     resolve_home,
 )
@@ -111,8 +112,21 @@ def replay(
     unknown = [state for state in states if state not in replaying.RELAY_STATES]
     if unknown:
         fail(f"--relay {unknown[0]!r}: choose pending, delivered or failed", ExitCode.USAGE)
+    if everything and (row or states or filters != tail.Filters()):
+        fail("--all replays every delivery: it does not go with other selectors",
+             ExitCode.USAGE)
     selection = replaying.Selection(filters, tuple(row or ()), everything, states)
+    info = home_files.read_serve_info(state)
+    if states and to is None and (info is None or info.forward_to is None):
+        fail("--relay picks deliveries for your app, and no receiver with --forward-to runs "
+             f"on {state}: say where with --to URL", ExitCode.USAGE)
     destination = to or replaying.default_target(state) or "https://127.0.0.1:8443/"
+    from ot_hook import sender
+
+    try:
+        sender.check_url(destination, allow_http=True)  # also before --dry-run names it
+    except sender.SendError as exc:
+        fail(str(exc), exc.code)
     try:
         chosen = list(replaying.selected(state / home_files.STORE, selection))
     except replaying.ReplayError as exc:
@@ -139,9 +153,17 @@ def replay(
 def _list(
     chosen: list[StoredDelivery], destination: str, terminal: Terminal, json_output: bool
 ) -> None:
+    noun = "delivery" if len(chosen) == 1 else "deliveries"
+    terminal.status(f"would send {len(chosen)} {noun} to {destination}")
+    try:
+        _print_all(chosen, terminal, json_output)
+    except BrokenPipeError:  # `| head`
+        discard_stdout()
+
+
+def _print_all(chosen: list[StoredDelivery], terminal: Terminal, json_output: bool) -> None:
     from ot_hook import render
 
-    terminal.status(f"would send {len(chosen)} deliveries to {destination}")
     if terminal.pretty and not json_output:
         console = terminal.console()
         for delivery in chosen:

@@ -83,7 +83,8 @@ def serve(
     forward_user: Annotated[
         str | None,
         typer.Option(help="Basic Auth user for --forward-to. Without it, the sender's own "
-                     "Authorization is passed through (live only, never stored).",
+                     "Authorization is passed through while serve runs (it is never stored, "
+                     "so relays resumed after a restart go without).",
                      rich_help_panel="Forwarding"),
     ] = None,
     forward_password: Annotated[
@@ -109,8 +110,9 @@ def serve(
     ] = False,
     forward_retries: Annotated[
         int, typer.Option(min=0, max=100, help="Retries of a relay after a connection error, "
-                          "timeout, 429 or 5xx, with backoff.", rich_help_panel="Forwarding"),
-    ] = 5,
+                          "timeout, 429 or 5xx, with backoff up to a minute apart (10: about "
+                          "five minutes of an app being down).", rich_help_panel="Forwarding"),
+    ] = 10,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No line per request; only the banner.")
     ] = False,
@@ -127,6 +129,11 @@ def serve(
         key_kind = certs.KeyType(key_type.lower()) if key_type else None
     except ValueError:
         fail(f"--key-type must be ecdsa or rsa, not {key_type!r}", ExitCode.USAGE)
+    given = {"--forward-user": forward_user, "--forward-password-file": forward_password_file,
+             "--forward-cacert": forward_cacert, "--forward-insecure": forward_insecure or None}
+    stray = [flag for flag, value in given.items() if value is not None]
+    if stray and not forward_to:
+        fail(f"{', '.join(stray)}: these go with --forward-to", ExitCode.USAGE)
     if loop not in ("auto", "asyncio", "uvloop"):
         fail(f"--loop must be auto, asyncio or uvloop, not {loop!r}", ExitCode.USAGE)
     from ot_hook.cliutil import resolve_home
@@ -144,8 +151,10 @@ def serve(
     )
     try:
         serving.run(options, sys.stderr)
-    except (serving.ServeError, certs.CertError, credentials.CredentialsError,
-            state.HomeError, store.StoreError) as exc:
+    except serving.ServeError as exc:
+        fail(str(exc), ExitCode.USAGE if exc.usage else ExitCode.ERROR)
+    except (certs.CertError, credentials.CredentialsError, state.HomeError,
+            store.StoreError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:  # Windows, where signals do not reach the loop
         pass
