@@ -92,5 +92,20 @@ def discard_stdout() -> None:
         pass
 
 
+def reader_gone(stream: object) -> bool:
+    """True once the reading end of a pipe on `stream` was closed (`| head` has had enough),
+    which a process that is only waiting to write would otherwise notice only at its next
+    write. False wherever that cannot be told (a terminal, a file, Windows)."""
+    import select
+
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        poller = select.poll()
+        poller.register(fd, 0)  # POLLERR and POLLHUP are reported whatever is asked for
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))

@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -463,3 +464,26 @@ def test_a_since_out_of_the_range_of_dates_is_a_usage_error(since: str) -> None:
         parse_since(since)
     except FilterError as exc:
         assert "\n" not in str(exc)
+
+
+def test_a_following_tail_ends_when_its_reader_goes(tmp_path: Path) -> None:
+    from ot_hook import store as store_module
+
+    path = tmp_path / "home" / "events.db"
+    path.parent.mkdir()
+    store_module.open_for_writing(path).close()
+    conn = sqlite3.connect(path)
+    for n in range(3):
+        conn.execute(
+            "INSERT INTO deliveries (received_at, outcome, http_status, warnings, method, target,"
+            " headers, body, body_size) VALUES ('2026-01-01T00:00:00.000000Z', 'rejected', 400,"
+            " '[]', 'POST', '/', '[]', ?, 1)", (f"b{n}".encode(),))
+    conn.commit()
+    conn.close()
+    command = " ".join(ot_hook_command("tail", "--home", str(path.parent), "-n", "3"))
+    # head takes one line and goes; tail must notice without waiting for a new delivery.
+    done = subprocess.run(["bash", "-c", f"{command} | head -n 1; echo ${{PIPESTATUS[0]}}"],
+                          capture_output=True, text=True, timeout=20)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["row"] == 1
+    assert lines[1] == "0"

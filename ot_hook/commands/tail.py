@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ot_hook.cliutil import HomeOption, discard_stdout, fail, resolve_home
+from ot_hook.cliutil import HomeOption, discard_stdout, fail, reader_gone, resolve_home
 from ot_hook.exitcodes import ExitCode
 
 EPILOG = """Examples:
@@ -97,7 +97,8 @@ def tail(
                           relays=relays)
     look = tailing.Look(json_lines=json_lines, verbose=verbose, utc=utc)
     try:
-        tailing.run(spec, Terminal(), look)
+        terminal = Terminal()
+        tailing.run(spec, terminal, look, stop=lambda: reader_gone(terminal.stdout))
     except KeyboardInterrupt:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except BrokenPipeError:  # `| head` has what it wanted
