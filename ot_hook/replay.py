@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ot_hook import home, store, tail
@@ -76,6 +77,33 @@ def selected(path: Path, selection: Selection) -> Iterator[store.StoredDelivery]
 def outgoing(delivery: store.StoredDelivery) -> Outgoing:
     """What goes out: the stored bytes and content type, untouched."""
     return Outgoing.of(delivery.body, content_type=delivery.content_type)
+
+
+def mark_relayed(path: Path, replayed: dict[int, int], target: str) -> int:
+    """After a replay to the --forward-to target: record the deliveries it got (row -> HTTP
+    status) as relayed, so that `replay --relay failed` does not send them again. Returns how
+    many relays changed. A short transaction beside a running receiver, like prune's."""
+    if not replayed:
+        return 0
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    conn = store.open_for_writing(path)
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            changed = 0
+            for row, status in replayed.items():
+                updated = conn.execute(
+                    "UPDATE relays SET state = 'delivered', attempts = attempts + 1 "
+                    "WHERE row = ? AND target = ? AND state != 'delivered'", (row, target))
+                if updated.rowcount:
+                    changed += 1
+                    conn.execute(
+                        "INSERT INTO relay_attempts (row, attempt, attempted_at, status, millis,"
+                        " error, state) SELECT row, attempts, ?, ?, 0, 'sent by replay',"
+                        " 'delivered' FROM relays WHERE row = ?", (now, status, row))
+            return changed
+    finally:
+        conn.close()
 
 
 def default_target(state: Path) -> str | None:

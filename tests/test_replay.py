@@ -140,7 +140,13 @@ def test_relay_failed_selects_what_the_app_missed(
                     break
                 time.sleep(0.02)
         code, out, err = replay(capsys, state, "--relay", "failed", "--dry-run", "--to", url)
-    assert code == 0, err
-    assert [json.loads(line)["event"]["Id"] for line in out.splitlines()] == [1]
+        assert code == 0, err
+        assert [json.loads(line)["event"]["Id"] for line in out.splitlines()] == [1]
+        # The app is fixed (it answers 200 now): replay what it missed, and only once.
+        code, _, err = replay(capsys, state, "--relay", "failed", "--to", url)
+        assert code == 0 and "marked 1 relays" in err
+        assert received[-1].body == sample(1)
+        code, out, err = replay(capsys, state, "--relay", "failed", "--dry-run", "--to", url)
+        assert (code, out) == (0, "") and "would send 0" in err
     code, _, err = replay(capsys, state, "--relay", "lost", "--to", url)
     assert code == 2 and "choose pending, delivered or failed" in err

@@ -27,7 +27,7 @@ from ot_hook.exitcodes import ExitCode
 from ot_hook.terminal import Terminal
 
 if TYPE_CHECKING:
-    from ot_hook.sender import Target
+    from ot_hook.sender import Result, Target
     from ot_hook.store import StoredDelivery
 
 EPILOG = """Examples:
@@ -146,8 +146,19 @@ def replay(
 
     options = SendOptions(concurrency, None, timeout, retries)
     outgoing = (replaying.outgoing(delivery) for delivery in chosen)
-    raise typer.Exit(int(send_and_report(target, options, outgoing, len(chosen), terminal,
-                                         json_output)))
+    delivered: dict[int, int] = {}  # store row -> status, of each 2xx
+
+    def note(result: Result) -> None:
+        if result.ok and result.status is not None:
+            delivered[chosen[result.index].row] = result.status
+
+    code = send_and_report(target, options, outgoing, len(chosen), terminal, json_output,
+                           after=note)
+    # Only relays whose target is this destination change: a replay elsewhere leaves them.
+    changed = replaying.mark_relayed(state / home_files.STORE, delivered, destination)
+    if changed:
+        terminal.status(f"marked {changed} relays to {destination} as delivered")
+    raise typer.Exit(int(code))
 
 
 def _list(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -220,14 +220,21 @@ def _target(
 
 def send_and_report(
     target: Target, options: SendOptions, deliveries: Iterator[Outgoing], total: int,
-    terminal: Terminal, json_output: bool,
+    terminal: Terminal, json_output: bool, after: Callable[[Result], None] | None = None,
 ) -> ExitCode:
+    """Send, report each result (and hand it to `after`), then the summary; the exit code."""
     from ot_hook.sender import Sender, SendError
 
     report = Report(terminal, total, json_output)
+
+    def on_result(result: Result) -> None:
+        report.result(result)
+        if after is not None:
+            after(result)
+
     try:
         with report, _event_loop() as runner:
-            summary = runner.run(Sender(target, options, report.result).run(deliveries))
+            summary = runner.run(Sender(target, options, on_result).run(deliveries))
     except SendError as exc:
         fail(str(exc), exc.code)
     except KeyboardInterrupt:
