@@ -101,9 +101,14 @@ class ForwardOptions:
         if self.cacert is not None and self.insecure:
             raise ServeError("give --forward-cacert or --forward-insecure, not both",
                              usage=True)
+        if self.cacert is not None and scheme == "http":
+            raise ServeError("--forward-cacert is for an https:// --forward-to", usage=True)
         password = self.password
         if self.password_file is not None:
             password = credentials.read_password_file(self.password_file)
+        if self.user is not None and password is None:
+            raise ServeError("--forward-user needs a password: --forward-password-file or "
+                             "OT_HOOK_FORWARD_PASSWORD (use '' for an empty one)", usage=True)
         authorization = None
         if self.user is not None or password is not None:
             authorization = sender.basic_authorization(self.user or "", password or "")

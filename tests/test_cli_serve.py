@@ -135,3 +135,19 @@ def test_a_forward_url_that_cannot_work(
                            "--user", "u", "--password", "p", "--forward-to", url)
     assert code == 2  # a bad option value
     assert message in err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--forward-to", "http://127.0.0.1:9/", "--forward-user", "x"],
+     "--forward-user needs a password"),
+    (["--forward-to", "http://127.0.0.1:9/", "--forward-cacert", "/etc/hostname"],
+     "--forward-cacert is for an https://"),
+    (["--forward-insecure"], "these go with --forward-to"),
+])
+def test_forward_options_that_cannot_take_effect(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str], message: str
+) -> None:
+    code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"), "--port", "0",
+                           "--user", "u", "--password", "p", *extra)
+    assert code == 2
+    assert message in err
