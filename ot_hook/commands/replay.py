@@ -196,8 +196,7 @@ def _target(
     info = home.read_serve_info(state)
     to_our_receiver = info is not None and url == info.url
     explicit = user is not None or password is not None or password_file is not None
-    try:
-        sender.check_url(url, allow_http=True)  # the user's app often listens on plain HTTP
+    try:  # allow_http: the user's app often listens on plain HTTP
         if to_our_receiver or explicit:
             creds = credentials.for_sender(user, password, password_file, state)
             return sender.target(url, creds.user, creds.password, state=state, cacert=cacert,
