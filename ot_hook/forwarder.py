@@ -25,6 +25,7 @@ import aiohttp
 
 from ot_hook import store
 from ot_hook.sender import retry_after
+from ot_hook.writer import Store
 
 # Attempts after the first, for connection errors, timeouts, 429 and 5xx: with the backoff
 # below, an app may be down for about five minutes before a relay is given up as failed.
@@ -98,7 +99,7 @@ class Forwarder:
 
     def __init__(
         self,
-        writer: store.Store,
+        writer: Store,
         target: ForwardTarget,
         report: Callable[[AttemptResult], None] | None = None,
     ) -> None:

@@ -21,8 +21,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ot_hook import codes
 from ot_hook.events import AuditEvent, BadJSON, InvalidDelivery, parse_body
-from ot_hook.store import Delivery, Saved, Store, StoreUnavailable
+from ot_hook.store import Delivery, Saved, StoreUnavailable
 from ot_hook.textsafe import printable
+from ot_hook.writer import Store
 
 DEFAULT_MAX_BODY = 1024 * 1024
 REALM_HEADER = 'Basic realm="ot-hook", charset="UTF-8"'

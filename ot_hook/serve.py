@@ -27,7 +27,8 @@ from ot_hook.listener import PeekingTLSSite, bind
 from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, create_app
 from ot_hook.requestlog import StatusLog, aiohttp_errors_to
 from ot_hook.sender import is_loopback
-from ot_hook.store import Saved, Store
+from ot_hook.store import Saved
+from ot_hook.writer import Store
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
 # What a sender can put in a URL as it is and the receiver's router matches exactly.

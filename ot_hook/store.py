@@ -1,9 +1,9 @@
 """The durable store of deliveries: SQLite in WAL mode, one writer, many readers.
 
-The receiver hands each delivery to `Store.save`, which a single writer thread commits together
-with whatever else is waiting (group commit: one fsync for many deliveries) before the answer
-goes out. Readers (`tail`, tests) open the file read-only and keep their transactions short so
-that checkpoints can run.
+This module knows the file: its schema and migrations, how to open it for writing or reading,
+and the rows it holds. The receiver writes through `ot_hook.writer.Store` (one writer process,
+group commit); readers (`tail`, tests) open the file read-only and keep their transactions short
+so that checkpoints can run.
 """
 
 from __future__ import annotations
@@ -11,18 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ot_hook.events import AuditEvent
-
-if TYPE_CHECKING:
-    import asyncio
 
 T = TypeVar("T")
 Outcome = Literal["accepted", "duplicate", "rejected"]
@@ -228,143 +223,32 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
     return conn
 
 
-@dataclass
-class _Pending:
-    delivery: Delivery
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Saved]
+class Writer:
+    """A connection that may write, and that notices when its file is removed or replaced:
+    writing on to a deleted file would answer 200 for deliveries nobody can read. It connects
+    when first used, and again after such a change (`on_replaced` is told why)."""
 
+    def __init__(self, path: Path, max_pages: int | None = None,
+                 on_replaced: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self.max_pages = max_pages
+        self.on_replaced = on_replaced
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
 
-@dataclass
-class _Job:
-    """Other writes (relay outcomes) go through the same single writer."""
+    def connect(self) -> sqlite3.Connection:
+        """The connection, opened (and the store created) if need be; raises StoreError."""
+        if self._conn is not None and file_identity(self.path) != self._identity:
+            self.close()
+            if self.on_replaced is not None:
+                self.on_replaced(f"{self.path} was removed or replaced: writing to a new store")
+        if self._conn is None:
+            self._conn = open_for_writing(self.path, max_pages=self.max_pages)
+            self._identity = file_identity(self.path)
+        return self._conn
 
-    work: Callable[[sqlite3.Connection], Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-
-
-@dataclass
-class Store:
-    """The writing side of the store, shared by every request of one receiver."""
-
-    path: Path
-    max_pages: int | None = None
-    max_batch: int = 1000
-    _conn: sqlite3.Connection | None = field(default=None, init=False, repr=False)
-    _queue: queue.SimpleQueue[_Pending | _Job | None] = field(
-        default_factory=queue.SimpleQueue, init=False, repr=False
-    )
-    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
-    _identity: tuple[int, int] | None = field(default=None, init=False, repr=False)
-    on_replaced: Callable[[str], None] | None = field(default=None, repr=False)
-
-    def open(self) -> None:
-        self._connect()
-        self._thread = threading.Thread(target=self._run, name="ot-hook-store", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Write everything queued so far, then stop the writer and close the file."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    async def save(self, delivery: Delivery) -> Saved:
-        """Commit `delivery` durably and say how it was stored; raises `StoreUnavailable`."""
-        if self._thread is None:
-            raise StoreUnavailable("the store is closed")
-        import asyncio  # here: tail and prune read the store without an event loop
-
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Saved] = loop.create_future()
-        self._queue.put(_Pending(delivery, loop, future))
-        return await future
-
-    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` on the writer's connection in a transaction of its own, off the loop."""
-        if self._thread is None:
-            raise StoreUnavailable("the store is closed")
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(work, loop, future))
-        return await future
-
-    # The writer thread: take everything waiting, commit it in one transaction, answer each.
-    def _run(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            while len(items) < self.max_batch:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            batch = [item for item in items if isinstance(item, _Pending)]
-            if batch:
-                results = self._guarded(self._write, [p.delivery for p in batch])
-                # One wake-up of the event loop per batch, not one per delivery.
-                batch[0].loop.call_soon_threadsafe(_settle, batch, results)
-            for job in items:
-                if isinstance(job, _Job):
-                    result = self._guarded(self._transaction, job.work)
-                    job.loop.call_soon_threadsafe(_settle_job, job.future, result)
-            if None in items:
-                return
-
-    def _guarded(self, write: Callable[[Any], Any], argument: Any) -> Any:
-        """The result of `write`, or the StoreUnavailable that a failed write becomes."""
-        try:
-            return write(argument)
-        except sqlite3.Error as exc:
-            return StoreUnavailable(f"cannot write the store {self.path}: {exc}")
-        except Exception as exc:  # a bug must not kill the writer and hang every request
-            return StoreUnavailable(f"cannot write the store {self.path}: {exc!r}")
-
-    def _write(self, deliveries: list[Delivery]) -> list[Saved]:
-        """Insert `deliveries` in one transaction: one fsync for the whole batch."""
-
-        def insert(conn: sqlite3.Connection) -> list[Saved]:
-            saved, rows = _plan(conn, deliveries)
-            conn.executemany(_INSERT, rows)
-            relays = [
-                (s.row, d.relay_to, _record_key(d))
-                for s, d in zip(saved, deliveries, strict=True)
-                if d.relay_to is not None and s.outcome != "rejected"
-            ]
-            if relays:
-                conn.executemany(
-                    "INSERT INTO relays (row, target, record_key, state) "
-                    "VALUES (?, ?, ?, 'pending')", relays,
-                )
-            return saved
-
-        return self._transaction(insert)
-
-    def _connect(self) -> None:
-        self._conn = open_for_writing(self.path, max_pages=self.max_pages)
-        self._identity = file_identity(self.path)
-
-    def _reconnect_if_replaced(self) -> None:
-        """Someone removed or replaced events.db while we run: writing on to the old file
-        would answer 200 for deliveries nobody can read. Start a new store instead."""
-        if file_identity(self.path) == self._identity:
-            return
-        if self._conn is not None:
-            self._conn.close()
-        self._connect()
-        if self.on_replaced is not None:
-            self.on_replaced(f"{self.path} was removed or replaced: writing to a new store")
-
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        self._reconnect_if_replaced()
-        conn = self._conn
-        assert conn is not None
+    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self.connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = work(conn)
@@ -374,6 +258,11 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
         return result
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:
@@ -386,101 +275,12 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
-def _record_key(d: Delivery) -> str:
-    """Relays of one record (RecordType and UniqueId together) keep their arrival order."""
-    assert d.event is not None
-    return f"{d.event.record_type}:{d.event.unique_id}"
-
-
-def _settle_job(future: asyncio.Future[Any], result: Any) -> None:
-    if future.done():
-        return
-    if isinstance(result, StoreUnavailable):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
-
-
-def _settle(batch: list[_Pending], results: list[Saved] | StoreUnavailable) -> None:
-    for index, pending in enumerate(batch):
-        if pending.future.done():  # the request went away; the row is stored all the same
-            continue
-        if isinstance(results, Exception):
-            pending.future.set_exception(results)
-        else:
-            pending.future.set_result(results[index])
-
-
-_INSERT = """
-    INSERT INTO deliveries (row, received_at, outcome, http_status, reason, warnings,
-        duplicate_of, remote, method, target, content_type, headers, body, body_size,
-        event_id, action_type, record_type, unique_id, description, username, action_date)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-
-
 def first_accepted_sql(count: int) -> str:
     """The first accepted row of each of `count` event Ids (through the partial index)."""
     return (
         "SELECT event_id, MIN(row) FROM deliveries WHERE outcome = 'accepted' AND "
         f"event_id IN ({','.join('?' * count)}) GROUP BY event_id"
     )
-
-
-def _plan(
-    conn: sqlite3.Connection, deliveries: list[Delivery]
-) -> tuple[list[Saved], list[tuple[Any, ...]]]:
-    """Decide each delivery's row number and outcome with two queries for the whole batch.
-
-    Rows are numbered here (the writer is the only one inserting) so that a duplicate of a
-    delivery earlier in the same batch can name its row before anything is inserted.
-    """
-    ids = sorted({d.event.id for d in deliveries if d.event is not None})
-    first_accepted: dict[int, int] = {}
-    for chunk in range(0, len(ids), 500):  # stay well under SQLite's variable limit
-        part = ids[chunk : chunk + 500]
-        first_accepted.update(conn.execute(first_accepted_sql(len(part)), part).fetchall())
-    # AUTOINCREMENT's counter never goes back, even after prune: a row number means one delivery.
-    (last,) = conn.execute(
-        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0)"
-    ).fetchone()
-    saved: list[Saved] = []
-    rows: list[tuple[Any, ...]] = []
-    for row, d in enumerate(deliveries, start=last + 1):
-        event = d.event
-        outcome: Outcome = "rejected"
-        duplicate_of: int | None = None
-        if event is not None:
-            duplicate_of = first_accepted.get(event.id)
-            outcome = "accepted" if duplicate_of is None else "duplicate"
-            if duplicate_of is None:
-                first_accepted[event.id] = row
-        saved.append(Saved(row, outcome, duplicate_of))
-        rows.append((
-            row, d.received_at, outcome, d.http_status, _utf8(d.reason),
-            json.dumps(list(d.warnings)), duplicate_of, _utf8(d.remote), d.method,
-            _utf8(d.target), _utf8(d.content_type), json.dumps(d.headers), d.body, d.body_size,
-            event.id if event else None,
-            event.action_type if event else None,
-            event.record_type if event else None,
-            _utf8(str(event.unique_id)) if event else None,
-            _utf8(event.description) if event else None,
-            _utf8(event.username) if event else None,
-            _utf8(event.action_date) if event else None,
-        ))
-    return saved, rows
-
-
-def _utf8(text: str | None) -> str | None:
-    """Text SQLite can keep: JSON escapes can carry unpaired surrogates (\\ud800), which UTF-8
-    cannot encode; they are kept as visible escapes (the raw body keeps the original)."""
-    if text is None or text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def read_rows(

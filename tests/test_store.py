@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ot_hook import store
+from ot_hook import store, writer
 from ot_hook.events import parse_body
 from tests.support import sample
 
@@ -70,13 +70,13 @@ def test_the_store_is_private_and_in_wal_mode(tmp_path: Path) -> None:
 
 
 async def test_concurrent_saves_share_transactions_and_find_duplicates(tmp_path: Path) -> None:
-    writer = store.Store(tmp_path / "events.db")
-    writer.open()
+    receiving = writer.Store(tmp_path / "events.db")
+    receiving.open()
     try:
         ids = [n % 50 for n in range(200)] + [None] * 10
-        saved = await asyncio.gather(*(writer.save(delivery(i)) for i in ids))
+        saved = await asyncio.gather(*(receiving.save(delivery(i)) for i in ids))
     finally:
-        writer.close()
+        receiving.close()
     outcomes = [s.outcome for s in saved]
     assert outcomes.count("accepted") == 50
     assert outcomes.count("duplicate") == 150
@@ -99,8 +99,8 @@ def test_duplicates_use_the_index_not_a_scan(tmp_path: Path) -> None:
 
 
 async def test_save_after_close_is_unavailable(tmp_path: Path) -> None:
-    writer = store.Store(tmp_path / "events.db")
-    writer.open()
-    writer.close()
+    receiving = writer.Store(tmp_path / "events.db")
+    receiving.open()
+    receiving.close()
     with pytest.raises(store.StoreUnavailable):
-        await writer.save(delivery(1))
+        await receiving.save(delivery(1))

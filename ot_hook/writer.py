@@ -1,0 +1,447 @@
+"""The receiver's writer: a child process that commits deliveries in batches, and `Store`,
+the receiver's handle on it.
+
+In one process the SQLite work and the event loop share one GIL, and every row bound to a
+statement and every commit stalls request handling (measured: the loop sat idle a fifth of the
+time waiting for a writer thread that waited for the GIL). So `Store.open` starts
+`python -m ot_hook.writer PATH FD MAX_PAGES MAX_BATCH` with one end of a socket pair.
+Both directions carry frames: a 4-byte length, then a pickle.
+
+  receiver -> writer: a list of rows (`row_of(delivery)`), in the order they were saved;
+  writer -> receiver: one answer per transaction, `(count, saved, error, notice)`: `saved` is
+  [(row, outcome, duplicate_of), ...] for the next `count` rows, or None with an `error`.
+
+The writer takes everything waiting (group commit: one fsync for many deliveries), commits, and
+only then answers; the receiver answers HTTP after that. It exits when the receiver closes its
+end or dies, once what it has read is committed. It ignores SIGINT and SIGTERM: Ctrl-C reaches
+the whole process group, and the receiver stops it in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pickle
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import ot_hook
+from ot_hook.store import (
+    Delivery,
+    Outcome,
+    Saved,
+    StoreError,
+    StoreUnavailable,
+    Writer,
+    first_accepted_sql,
+)
+
+if TYPE_CHECKING:
+    import asyncio
+
+T = TypeVar("T")
+
+_LENGTH = struct.Struct("!I")
+_RECV_SIZE = 1 << 20
+# A row on the wire: received_at, method, target, remote, content_type, headers, body,
+# body_size, http_status, reason, warnings, relay_to, then the event's fields or None.
+Row = tuple[Any, ...]
+Answer = tuple[int, list[tuple[int, Outcome, int | None]] | None, str | None, str | None]
+
+
+def frame(value: Any) -> bytes:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(data)) + data
+
+
+class Frames:
+    """Bytes in, whole frames out: a socket delivers frames in pieces or several at once."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._buffer += data
+        values = []
+        while len(self._buffer) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(self._buffer)
+            end = _LENGTH.size + size
+            if len(self._buffer) < end:
+                break
+            values.append(pickle.loads(self._buffer[_LENGTH.size : end]))
+            del self._buffer[:end]
+        return values
+
+
+def row_of(d: Delivery) -> Row:
+    event = d.event
+    fields = None if event is None else (
+        event.id, event.action_type, event.record_type, event.unique_id, event.description,
+        event.username, event.action_date,
+    )
+    return (d.received_at, d.method, d.target, d.remote, d.content_type, d.headers, d.body,
+            d.body_size, d.http_status, d.reason, d.warnings, d.relay_to, fields)
+
+
+def commit(writer: Writer, rows: list[Row]) -> Answer:
+    """Store `rows` in one transaction and say how; a failure answers for all of them."""
+    notices: list[str] = []
+    writer.on_replaced = notices.append
+    try:
+        saved = writer.transaction(lambda conn: _insert(conn, rows))
+        return len(rows), saved, None, _first(notices)
+    except (StoreError, sqlite3.Error) as exc:
+        error = str(exc) if isinstance(exc, StoreError) else \
+            f"cannot write the store {writer.path}: {exc}"
+    except Exception as exc:  # a bug must not stop the writer and hang every request
+        error = f"cannot write the store {writer.path}: {exc!r}"
+    return len(rows), None, error, _first(notices)
+
+
+def _first(notices: list[str]) -> str | None:
+    return notices[0] if notices else None
+
+
+_INSERT = """
+    INSERT INTO deliveries (row, received_at, outcome, http_status, reason, warnings,
+        duplicate_of, remote, method, target, content_type, headers, body, body_size,
+        event_id, action_type, record_type, unique_id, description, username, action_date)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[tuple[int, Outcome, int | None]]:
+    """Number the rows, tell accepted from duplicate, insert them and queue their relays.
+
+    Rows are numbered here (this writer is the only one inserting deliveries) so that a
+    duplicate of a delivery earlier in the same batch can name its row before anything is
+    inserted; two queries serve the whole batch.
+    """
+    ids = sorted({r[12][0] for r in rows if r[12] is not None})
+    first_accepted: dict[int, int] = {}
+    for chunk in range(0, len(ids), 500):  # stay well under SQLite's variable limit
+        part = ids[chunk : chunk + 500]
+        first_accepted.update(conn.execute(first_accepted_sql(len(part)), part).fetchall())
+    # AUTOINCREMENT's counter never goes back, even after prune: a row number means one delivery.
+    (last,) = conn.execute(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0)"
+    ).fetchone()
+    saved: list[tuple[int, Outcome, int | None]] = []
+    values: list[tuple[Any, ...]] = []
+    relays: list[tuple[int, str, str]] = []
+    for row, (received_at, method, target, remote, content_type, headers, body, body_size,
+              http_status, reason, warnings, relay_to, event) in enumerate(rows, start=last + 1):
+        outcome: Outcome = "rejected"
+        duplicate_of: int | None = None
+        if event is not None:
+            duplicate_of = first_accepted.get(event[0])
+            outcome = "accepted" if duplicate_of is None else "duplicate"
+            if duplicate_of is None:
+                first_accepted[event[0]] = row
+            if relay_to is not None:  # relays of one record keep their arrival order
+                relays.append((row, relay_to, f"{event[2]}:{event[3]}"))
+        saved.append((row, outcome, duplicate_of))
+        values.append((
+            row, received_at, outcome, http_status, _utf8(reason),
+            json.dumps(list(warnings)), duplicate_of, _utf8(remote), method,
+            _utf8(target), _utf8(content_type), json.dumps(headers), body, body_size,
+            *_event_columns(event),
+        ))
+    conn.executemany(_INSERT, values)
+    if relays:
+        conn.executemany(
+            "INSERT INTO relays (row, target, record_key, state) VALUES (?, ?, ?, 'pending')",
+            relays,
+        )
+    return saved
+
+
+def _event_columns(event: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    if event is None:
+        return (None,) * 7
+    event_id, action_type, record_type, unique_id, description, username, action_date = event
+    return (event_id, action_type, record_type, _utf8(str(unique_id)), _utf8(description),
+            _utf8(username), _utf8(action_date))
+
+
+def _utf8(text: str | None) -> str | None:
+    """Text SQLite can keep: JSON escapes can carry unpaired surrogates (\\ud800), which UTF-8
+    cannot encode; they are kept as visible escapes (the raw body keeps the original)."""
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _batches(sock: socket.socket, max_batch: int) -> Iterator[list[Row]]:
+    """Everything waiting on `sock`, up to about `max_batch` rows at a time; blocks for the
+    first frame of each batch and ends when the receiver closes its end."""
+    frames = Frames()
+    rows: list[Row] = []
+    open_ = True
+    while open_ or rows:
+        if not rows:
+            data = sock.recv(_RECV_SIZE)  # wait for work
+            open_ = bool(data)
+            for batch in frames.feed(data):
+                rows.extend(batch)
+        while open_ and len(rows) < max_batch:  # take what else has come, without waiting
+            try:
+                data = sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            open_ = bool(data)
+            for batch in frames.feed(data):
+                rows.extend(batch)
+        if rows:
+            yield rows[:max_batch]
+            del rows[:max_batch]
+
+
+# How long close() waits for the writer to commit what it was sent, and how soon a writer
+# that stopped is started again.
+CLOSE_TIMEOUT = 60.0
+RESTART_PAUSE = 1.0
+
+
+class Store:
+    """The receiver's way to the store: `save` hands a delivery to the writer process and
+    returns once it is committed; `run` does other writes (relay outcomes) in a thread of this
+    process, on a connection of its own (SQLite serialises the two writers).
+
+    Used from one event loop at a time. `open` and `close` block; `close` waits until what
+    was saved so far is committed.
+    """
+
+    def __init__(self, path: Path, *, max_pages: int | None = None, max_batch: int = 1000,
+                 on_replaced: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self.max_pages = max_pages
+        self.max_batch = max_batch
+        self.on_replaced = on_replaced
+        self._jobs: ThreadPoolExecutor | None = None
+        self._job_writer: Writer | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._frames = Frames()
+        self._unsent: list[Row] = []  # saved during this turn of the loop, sent at its end
+        self._outbox = bytearray()  # sent, but not yet taken by the socket
+        self._waiting: collections.deque[asyncio.Future[Saved]] = collections.deque()
+        self._stopped_at = 0.0
+
+    def open(self) -> None:
+        """Create or migrate the store, then start the writer; raises StoreError."""
+        self._job_writer = Writer(self.path, self.max_pages, self._replaced)
+        self._job_writer.connect()
+        self._jobs = ThreadPoolExecutor(1, thread_name_prefix="ot-hook-store")
+        self._start_writer()
+
+    def _replaced(self, message: str) -> None:
+        if self.on_replaced is not None:
+            self.on_replaced(message)
+
+    def _start_writer(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "ot_hook.writer", str(self.path), str(theirs.fileno()),
+                 str(self.max_pages or 0), str(self.max_batch)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=_child_env(),
+            )
+        except OSError as exc:
+            ours.close()
+            raise StoreError(f"cannot start the store's writer: {exc.strerror}") from None
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+
+    async def save(self, delivery: Delivery) -> Saved:
+        """Commit `delivery` durably and say how it was stored; raises `StoreUnavailable`."""
+        import asyncio  # here: tail and prune read the store without an event loop
+
+        if self._jobs is None:
+            raise StoreUnavailable("the store is closed")
+        if self._sock is None:
+            self._restart()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._attach(loop)
+        future: asyncio.Future[Saved] = loop.create_future()
+        self._waiting.append(future)
+        if not self._unsent:  # one frame per turn of the loop, not one per delivery
+            loop.call_soon(self._send)
+        self._unsent.append(row_of(delivery))
+        return await future
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in a transaction of its own, off the loop; raises `StoreUnavailable`."""
+        import asyncio
+
+        if self._jobs is None or self._job_writer is None:
+            raise StoreUnavailable("the store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._jobs, self._job_writer.transaction, work)
+        except (StoreError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot write the store {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        """Send what is left, let the writer commit it and stop, then close the file."""
+        if self._sock is not None:
+            self._finish_writer()
+        if self._jobs is not None:
+            self._jobs.shutdown(wait=True)
+            self._jobs = None
+        if self._job_writer is not None:
+            self._job_writer.close()
+            self._job_writer = None
+
+    # Talking to the writer, on the event loop: non-blocking sends, answers as they come.
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._detach()
+        self._loop = loop
+        if self._sock is not None:
+            loop.add_reader(self._sock, self._on_answers)
+
+    def _detach(self) -> None:
+        if self._loop is not None and not self._loop.is_closed() and self._sock is not None:
+            self._loop.remove_reader(self._sock)
+            self._loop.remove_writer(self._sock)
+        self._loop = None
+
+    def _send(self) -> None:
+        if self._unsent:
+            self._outbox += frame(self._unsent)
+            self._unsent = []
+        if self._sock is None or self._loop is None:
+            return
+        try:
+            sent = self._sock.send(self._outbox)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._writer_stopped()
+            return
+        del self._outbox[:sent]
+        if self._outbox:  # the writer is behind: go on when the socket has room
+            self._loop.add_writer(self._sock, self._send)
+        else:
+            self._loop.remove_writer(self._sock)
+
+    def _on_answers(self) -> None:
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(_RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._writer_stopped()
+            return
+        for answer in self._frames.feed(data):
+            self._settle(answer)
+
+    def _settle(self, answer: Answer) -> None:
+        count, saved, error, notice = answer
+        if notice is not None:
+            self._replaced(notice)
+        for index in range(count):
+            future = self._waiting.popleft()
+            if future.done():  # the request went away; the row is stored all the same
+                continue
+            if saved is None:
+                future.set_exception(StoreUnavailable(error or "the store failed"))
+            else:
+                future.set_result(Saved(*saved[index]))
+
+    def _writer_stopped(self) -> None:
+        """The writer died (killed, or a bug): fail what waits with a 503; the next save
+        starts a new one."""
+        status = self._process.poll() if self._process is not None else None
+        self._detach()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._frames = Frames()
+        self._outbox.clear()
+        self._unsent = []
+        self._stopped_at = time.monotonic()
+        error = StoreUnavailable(f"the store's writer stopped (exit status {status})")
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def _restart(self) -> None:
+        if time.monotonic() - self._stopped_at < RESTART_PAUSE:
+            raise StoreUnavailable("the store's writer stopped; starting it again")
+        if self._process is not None:
+            self._process.wait()
+        try:
+            self._start_writer()
+        except StoreError as exc:
+            self._stopped_at = time.monotonic()
+            raise StoreUnavailable(str(exc)) from None
+
+    def _finish_writer(self) -> None:
+        """Blocking: send the rest, say there is no more, settle every answer, reap."""
+        sock, process = self._sock, self._process
+        assert sock is not None and process is not None
+        if self._unsent:
+            self._outbox += frame(self._unsent)
+            self._unsent = []
+        self._detach()
+        sock.settimeout(CLOSE_TIMEOUT)
+        try:
+            sock.sendall(self._outbox)
+            self._outbox.clear()
+            sock.shutdown(socket.SHUT_WR)
+            while data := sock.recv(_RECV_SIZE):
+                for answer in self._frames.feed(data):
+                    self._settle(answer)
+        except OSError:  # the writer is gone or stuck: what waits gets a 503
+            process.kill()
+        self._writer_stopped()
+        process.wait()
+        self._process = None
+
+
+def _child_env() -> dict[str, str]:
+    """The writer imports ot_hook from where this process did, installed or not."""
+    root = str(Path(ot_hook.__file__).resolve().parent.parent)
+    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    path, fd, max_pages, max_batch = argv
+    writer = Writer(Path(path), int(max_pages) or None)
+    with socket.socket(fileno=int(fd)) as sock:
+        for rows in _batches(sock, int(max_batch)):
+            try:
+                sock.sendall(frame(commit(writer, rows)))
+            except OSError:  # the receiver is gone; what it sent is committed
+                break
+    writer.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
