@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,8 +22,6 @@ KNOWN_FIELDS = frozenset(
 )
 # SQLite keeps integers in 64 bits; an Id beyond that cannot be indexed for duplicates.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-# Python refuses to turn longer digit strings into int; say so plainly instead.
-MAX_INT_DIGITS = 4300
 
 # .NET writes UTC with 0 to 7 fractional digits and "Z"; accept an explicit offset too.
 ACTION_DATE = re.compile(
@@ -62,7 +61,8 @@ class NotAnEvent(InvalidDelivery):
     status = 422
 
 
-@dataclass(frozen=True)
+# Not frozen: on the delivery path a frozen dataclass costs about 2 us more per instance.
+@dataclass(slots=True)
 class AuditEvent:
     """The fields of a valid Audit Trail object, with the object itself as it arrived."""
 
@@ -94,12 +94,6 @@ def _reject_constant(name: str) -> Any:
     raise BadJSON(f"invalid JSON: {name} is not a JSON number")
 
 
-def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise NotAnEvent(f"a number with {len(text)} digits is too long")
-    return int(text)
-
-
 def decode_text(body: bytes) -> str:
     """UTF-8 with or without a byte order mark; anything else is a `BadJSON`."""
     if body.startswith(b"\xef\xbb\xbf"):
@@ -110,15 +104,15 @@ def decode_text(body: bytes) -> str:
         raise BadJSON(f"body is not valid UTF-8 (byte {exc.start})") from None
 
 
+# One decoder for every delivery: json.loads with hooks would build a new one each time.
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicate_keys,
+                            parse_constant=_reject_constant)
+
+
 def loads(text: str) -> Any:
     """Strict JSON: no NaN or Infinity, no key twice, bounded nesting and number size."""
     try:
-        return json.loads(
-            text,
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_constant=_reject_constant,
-            parse_int=_parse_int,
-        )
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise BadJSON(
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -127,6 +121,12 @@ def loads(text: str) -> Any:
         raise NotAnEvent(f"key {json.dumps(str(exc))} appears more than once") from None
     except RecursionError:
         raise BadJSON("invalid JSON: nested too deeply") from None
+    except InvalidDelivery:  # NaN or Infinity
+        raise
+    except ValueError:  # Python refuses to turn so many digits into an int
+        raise NotAnEvent(
+            f"a number has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
 
 
 def parse_body(body: bytes) -> AuditEvent:

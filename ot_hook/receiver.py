@@ -1,20 +1,21 @@
-"""The receiver's aiohttp application: Basic Auth, the body read within a size cap, validation,
+"""The receiver's aiohttp server: Basic Auth, the body read within a size cap, validation,
 the durable store, and the answer (which goes out only after the store has committed).
 
-`create_app(store, credentials, ...)` builds it; `ot_hook.serve` runs it behind TLS, and the
-tests run it on an ephemeral loopback port.
+`create_server(store, credentials, ...)` builds it; `ot_hook.serve` runs it behind TLS, and
+the tests run it on an ephemeral loopback port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -61,7 +62,8 @@ class Credentials:
         return bool(sep) and user_ok and password_ok
 
 
-@dataclass(frozen=True)
+# Not frozen: on the delivery path a frozen dataclass costs about 2 us more per instance.
+@dataclass(slots=True)
 class RequestRecord:
     """What the request log line says about one request (never a secret)."""
 
@@ -90,114 +92,137 @@ class ReceiverConfig:
     relay_to: str | None = None  # serve --forward-to: accepted deliveries are queued for it
 
 
-STORE_KEY = web.AppKey("store", Store)
-CREDENTIALS_KEY = web.AppKey("credentials", Credentials)
-CONFIG_KEY = web.AppKey("config", ReceiverConfig)
-LOGGER_KEY: web.AppKey[RequestLogger] = web.AppKey("logger")
-AFTER_STORE_KEY: web.AppKey[AfterStore] = web.AppKey("after_store")
-
-
-def create_app(
+def create_server(
     store: Store,
     credentials: Credentials,
     config: ReceiverConfig | None = None,
     logger: RequestLogger | None = None,
     after_store: AfterStore | None = None,
-) -> web.Application:
-    """The receiver application. `store` must already be open; the app does not close it."""
-    config = config or ReceiverConfig()
-    app = web.Application()
-    app[STORE_KEY] = store
-    app[CREDENTIALS_KEY] = credentials
-    app[CONFIG_KEY] = config
-    app[LOGGER_KEY] = logger or (lambda record: None)
-    app[AFTER_STORE_KEY] = after_store or (lambda saved, authorization: None)
-    app.router.add_route("*", config.path, _delivery)
-    app.router.add_route("*", "/{elsewhere:.*}", _elsewhere)
-    return app
+    **server_options: Any,
+) -> web.Server:
+    """The receiver, as aiohttp's low-level server (run it with `web.ServerRunner`).
+    `store` must already be open; the server does not close it. `server_options` go to
+    aiohttp's connection handler (keepalive_timeout, access_log...)."""
+    handler = DeliveryHandler(store, credentials, config or ReceiverConfig(), logger, after_store)
+    return web.Server(handler, **server_options)
 
 
-def _text(status: int, message: str, **headers: str) -> web.Response:
+def _text(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, text=message + "\n", headers=headers)
 
 
-async def _elsewhere(request: web.Request) -> web.StreamResponse:
-    """Any other path: 404, logged, never stored. A route, not a middleware, so that the
-    delivery path pays nothing for it."""
-    request.app[LOGGER_KEY](RequestRecord(404, "not found", request.remote, 0, 0.0))
-    return _text(404, "Not found: deliveries go to the receiver's --path.")
+class DeliveryHandler:
+    """Every request of the receiver: the delivery path, and a 404 or 405 for anything else.
 
+    Not a web.Application: its router and middleware machinery cost about a tenth of the
+    event loop's time per delivery (profiled at 32 connections), and one path needs neither.
+    """
 
-async def _delivery(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    received_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    app = request.app
-    log = app[LOGGER_KEY]
+    def __init__(self, store: Store, credentials: Credentials, config: ReceiverConfig,
+                 logger: RequestLogger | None, after_store: AfterStore | None) -> None:
+        self.store = store
+        self.credentials = credentials
+        self.config = config
+        self.log = logger or (lambda record: None)
+        self.after_store = after_store
 
-    def refused(status: int, outcome: str, response: web.StreamResponse) -> web.StreamResponse:
-        log(RequestRecord(status, outcome, request.remote, 0,
-                          (time.perf_counter() - started) * 1000))
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        if request.path != self.config.path:
+            # Logged, never stored: only the delivery path takes deliveries.
+            return self._refused(started, request, 404, "not found", _text(
+                404, "Not found: deliveries go to the receiver's --path."))
+        if request.method != "POST":
+            return self._refused(started, request, 405, "method not allowed", _text(
+                405, "Send the Audit Trail object with POST.", {"Allow": "POST"}))
+        if not self.credentials.accept(request.headers.get("Authorization")):
+            # Never echo or keep what was offered: this request is logged, not stored.
+            return self._refused(started, request, 401, "unauthorized", _text(
+                401, "Authentication required.", {"WWW-Authenticate": REALM_HEADER}))
+        return await self._delivery(started, request)
+
+    def _refused(self, started: float, request: web.BaseRequest, status: int, outcome: str,
+                 response: web.StreamResponse) -> web.StreamResponse:
+        self.log(RequestRecord(status, outcome, request.remote, 0,
+                               (time.perf_counter() - started) * 1000))
         return response
 
-    if request.method != "POST":
-        return refused(405, "method not allowed", web.Response(
-            status=405, text="Send the Audit Trail object with POST.\n",
-            headers={"Allow": "POST"},
-        ))
-    if not app[CREDENTIALS_KEY].accept(request.headers.get("Authorization")):
-        # Never echo or keep what was offered: this request is logged, not stored.
-        return refused(401, "unauthorized", _text(
-            401, "Authentication required.", **{"WWW-Authenticate": REALM_HEADER}
-        ))
+    async def _delivery(self, started: float, request: web.BaseRequest) -> web.StreamResponse:
+        received_at = _utc_now()
+        config = self.config
+        remote = request.remote
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # Only now, once the sender is known: a refused one never uploads its body.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        body, body_size, read_error = await _read_body(request, config.max_body,
+                                                       config.body_timeout)
+        event: AuditEvent | None = None
+        status, reason = config.status_code, None
+        warnings: tuple[str, ...] = ()
+        if read_error is not None:
+            status, reason = read_error
+        else:
+            try:
+                event = parse_body(body)
+                warnings = event.warnings
+            except InvalidDelivery as exc:
+                status, reason = exc.status, exc.reason
 
-    config = app[CONFIG_KEY]
-    body, body_size, read_error = await _read_body(request, config.max_body,
-                                                   config.body_timeout)
-    event: AuditEvent | None = None
-    status, reason = config.status_code, None
-    warnings: tuple[str, ...] = ()
-    if read_error is not None:
-        status, reason = read_error
-    else:
+        delivery = Delivery(
+            received_at=received_at,
+            method=request.method,
+            target=request.path_qs,
+            remote=remote,
+            content_type=request.headers.get("Content-Type"),
+            headers=safe_headers(request),
+            body=body,
+            body_size=body_size,
+            http_status=status,
+            event=event,
+            reason=reason,
+            warnings=warnings,
+            # A delivery that is itself a relay (of this or another ot-hook) is not relayed.
+            relay_to=config.relay_to if event is not None and not _relayed(request) else None,
+        )
         try:
-            event = parse_body(body)
-            warnings = event.warnings
-        except InvalidDelivery as exc:
-            status, reason = exc.status, exc.reason
-
-    delivery = Delivery(
-        received_at=received_at,
-        method=request.method,
-        target=request.path_qs,
-        remote=request.remote,
-        content_type=request.headers.get("Content-Type"),
-        headers=safe_headers(request),
-        body=body,
-        body_size=body_size,
-        http_status=status,
-        event=event,
-        reason=reason,
-        warnings=warnings,
-        # A delivery that is itself a relay (of this or another ot-hook) is not relayed again.
-        relay_to=config.relay_to if event is not None and not _relayed(request) else None,
-    )
-    try:
-        saved = await app[STORE_KEY].save(delivery)
-    except StoreUnavailable as exc:
-        # Never a 2xx for what is not stored; the serve log says why the store failed.
-        log(RequestRecord(503, "unavailable", request.remote, body_size,
-                          (time.perf_counter() - started) * 1000, event, reason=str(exc)))
-        return _text(503, "The receiver cannot store deliveries right now; try again.",
-                     **{"Retry-After": "5"})
-    app[AFTER_STORE_KEY](saved, request.headers.get("Authorization"))
-    if config.delay > 0 and event is not None:
-        await asyncio.sleep(config.delay)
-    log(RequestRecord(status, saved.outcome, request.remote, body_size,
-                      (time.perf_counter() - started) * 1000, event, saved.row, reason))
-    return _text(status, _answer(saved, reason))
+            saved = await self.store.save(delivery)
+        except StoreUnavailable as exc:
+            # Never a 2xx for what is not stored; the serve log says why the store failed.
+            self.log(RequestRecord(503, "unavailable", remote, body_size,
+                                   (time.perf_counter() - started) * 1000, event,
+                                   reason=str(exc)))
+            return _text(503, "The receiver cannot store deliveries right now; try again.",
+                         {"Retry-After": "5"})
+        if self.after_store is not None:
+            self.after_store(saved, request.headers.get("Authorization"))
+        if config.delay > 0 and event is not None:
+            await asyncio.sleep(config.delay)
+        self.log(RequestRecord(status, saved.outcome, remote, body_size,
+                               (time.perf_counter() - started) * 1000, event, saved.row, reason))
+        return _text(status, _answer(saved, reason))
 
 
-def _relayed(request: web.Request) -> bool:
+class _UtcClock:
+    """Now in UTC, ISO 8601 with microseconds and Z. The date and time of day are formatted
+    once a second: datetime formatting cost 2.5 us per delivery, this 0.7 us."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        second, nanos = divmod(time.time_ns(), 1_000_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{nanos // 1000:06d}Z"
+
+
+_utc_now = _UtcClock()
+
+
+def _relayed(request: web.BaseRequest) -> bool:
     return "X-OT-Hook-Relay" in request.headers
 
 
@@ -210,7 +235,7 @@ def _answer(saved: Saved, reason: str | None) -> str:
 
 
 async def _read_body(
-    request: web.Request, max_body: int, timeout: float
+    request: web.BaseRequest, max_body: int, timeout: float
 ) -> tuple[bytes, int, tuple[int, str] | None]:
     """Read at most `max_body` bytes (after any Content-Encoding is undone) and keep them.
 
@@ -247,7 +272,7 @@ async def _read_body(
     return body, size, None
 
 
-def _too_large(request: web.Request, max_body: int) -> str:
+def _too_large(request: web.BaseRequest, max_body: int) -> str:
     declared = request.content_length
     if declared is None:
         more = ""
@@ -259,10 +284,14 @@ def _too_large(request: web.Request, max_body: int) -> str:
             f"the first {max_body} bytes are kept")
 
 
-def safe_headers(request: web.Request) -> list[tuple[str, str]]:
+def safe_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     """The request headers that can be kept and shown: never Authorization, Cookie or the like."""
-    return [(name, value) for name, value in request.headers.items()
-            if not SECRET_HEADER.search(name)]
+    return [(name, value) for name, value in request.headers.items() if not _is_secret(name)]
+
+
+@functools.lru_cache(maxsize=1024)  # senders repeat the same few header names
+def _is_secret(name: str) -> bool:
+    return SECRET_HEADER.search(name) is not None
 
 
 def describe(event: AuditEvent | None) -> str:
@@ -274,4 +303,4 @@ def describe(event: AuditEvent | None) -> str:
     return printable(f"Id {event.id} {action} {record} {event.unique_id}")
 
 
-__all__ = ["BadJSON", "Credentials", "ReceiverConfig", "RequestRecord", "create_app"]
+__all__ = ["BadJSON", "Credentials", "ReceiverConfig", "RequestRecord", "create_server"]

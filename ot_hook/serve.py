@@ -24,7 +24,7 @@ from aiohttp import web
 from ot_hook import __version__, certs, credentials, home
 from ot_hook.forwarder import DEFAULT_RETRIES, Forwarder, ForwardTarget, describe
 from ot_hook.listener import PeekingTLSSite, bind
-from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, create_app
+from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, create_server
 from ot_hook.requestlog import StatusLog, aiohttp_errors_to
 from ot_hook.sender import is_loopback
 from ot_hook.store import Saved
@@ -158,7 +158,7 @@ class Receiver:
         self.options = options
         self._stderr = stderr
         self._exit = contextlib.ExitStack()
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._relaying: asyncio.Task[None] | None = None
         self.state = options.home
         self.url = ""
@@ -232,19 +232,18 @@ class Receiver:
             sock.close()
             raise ServeError("--forward-to points at this receiver itself: every relay would "
                              "come back and be relayed again", usage=True)
-        app = create_app(
+        server = create_server(
             self.store,
             Credentials.of(self.creds.user, self.creds.password),
             ReceiverConfig(options.path, options.max_body, options.status_code, options.delay,
                            options.idle_timeout,
                            options.forward.url if options.forward else None),
             logger=self.log.request,
-            after_store=self._after_store,
-        )
-        self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
+            after_store=self._after_store if self.forwarder is not None else None,
+            access_log=None,
             keepalive_timeout=options.idle_timeout,  # also covers half-sent request headers
         )
+        self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
         site = PeekingTLSSite(self._runner, sock, self.context, self.url,
                               on_plain_http=self.log.plain_http,

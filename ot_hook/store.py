@@ -98,7 +98,8 @@ class StoreUnavailable(StoreError):
     """A write failed (disk full, read-only file...): the receiver answers 503."""
 
 
-@dataclass(frozen=True)
+# Not frozen: on the delivery path a frozen dataclass costs about 2 us more per instance.
+@dataclass(slots=True)
 class Delivery:
     """One request on the delivery path, as the receiver saw it, ready to be stored."""
 
@@ -117,7 +118,7 @@ class Delivery:
     relay_to: str | None = None  # serve --forward-to: queue it for relaying in the same commit
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Saved:
     row: int
     outcome: Outcome

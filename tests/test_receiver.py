@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,12 @@ from tests.support import SAMPLE, basic, post, running, sample, stored
 async def test_sample_round_trips_into_the_store_byte_exact(
     receiver: Receiver, state: Path
 ) -> None:
+    before = datetime.now(UTC)
     answer = await post(
         receiver, SAMPLE, headers={"Content-Type": "application/json", "X-Trace": "t-1"},
         path="/?source=ordertime",
     )
+    after = datetime.now(UTC)
     assert answer.status == 200, answer.text
     assert "row 1" in answer.text
     [row] = stored(state)
@@ -30,7 +34,8 @@ async def test_sample_round_trips_into_the_store_byte_exact(
     assert row.target == "/?source=ordertime"
     assert row.remote == "127.0.0.1"
     assert row.method == "POST"
-    assert row.received_at.endswith("Z")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", row.received_at)
+    assert before <= datetime.fromisoformat(row.received_at) <= after
     assert row.body_size == len(SAMPLE)
     assert (row.event_id, row.action_type, row.record_type, row.unique_id) == (1947, 4, 7, "890")
     assert row.description == "Status Changed to Approved"

@@ -211,6 +211,25 @@ def test_curl_with_cacert_succeeds_and_plain_curl_fails_verification(state: Path
 
 
 @needs_curl
+def test_expect_100_continue_is_answered_once_the_sender_is_known(state: Path) -> None:
+    served = start_serve(state)
+    try:
+        # Were the 100 never sent, curl would wait 30 s for it and hit --max-time 10.
+        expect = ("-v", "--expect100-timeout", "30", "-H", "Expect: 100-continue",
+                  "--cacert", str(state / "ca.pem"), "--data-binary", SAMPLE.decode())
+        ok = curl(*expect, "-u", f"{USER}:{PASSWORD}", served.info.url)
+        assert ok.returncode == 0, ok.stderr
+        assert "HTTP/1.1 100 Continue" in ok.stderr
+        assert ok.stdout.startswith("Accepted")
+        refused = curl(*expect, "-u", f"{USER}:wrong", served.info.url)
+        assert "HTTP/1.1 401" in refused.stderr
+        assert "100 Continue" not in refused.stderr  # a refused sender never uploads the body
+    finally:
+        assert served.stop() == 0
+    assert [row.event_id for row in stored(state)] == [1947]
+
+
+@needs_curl
 def test_password_from_a_file_keeps_it_off_the_command_line(tmp_path: Path, state: Path) -> None:
     secret = tmp_path / "pw"
     secret.write_text("from-a-file\n")
