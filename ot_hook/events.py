@@ -12,7 +12,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from ot_hook import codes
 
@@ -75,6 +75,18 @@ class AuditEvent:
     action_date: str | None
     raw: dict[str, Any] = field(repr=False, compare=False)
     warnings: tuple[str, ...] = ()
+
+    def key(self) -> EventKey:
+        return EventKey(self.id, self.action_type, self.record_type, self.unique_id)
+
+
+class EventKey(NamedTuple):
+    """What a log line names an event by."""
+
+    id: int
+    action_type: int
+    record_type: int
+    unique_id: int | str
 
 
 class _DuplicateKey(ValueError):
@@ -157,44 +169,57 @@ def json_type_name(value: Any) -> str:
     return "an array" if isinstance(value, list) else "an object"
 
 
+_MISSING = object()
+TEXT_FIELDS = ("Description", "Username", "ActionDate")
+
+
 def validate(obj: Any) -> AuditEvent:
-    """Check that a parsed JSON value is an Audit Trail object; collect warnings for oddities."""
-    if isinstance(obj, list):
-        raise NotAnEvent(
-            f"expected one Audit Trail object, got an array of {len(obj)} items"
-        )
-    if not isinstance(obj, dict):
+    """Check that a parsed JSON value is an Audit Trail object; collect warnings for oddities.
+
+    Written for the usual delivery (every check that passes costs one comparison): it runs
+    for every request on the receiver's event loop.
+    """
+    if type(obj) is not dict:
+        if isinstance(obj, list):
+            raise NotAnEvent(
+                f"expected one Audit Trail object, got an array of {len(obj)} items"
+            )
         raise NotAnEvent(f"expected an Audit Trail object, got {json_type_name(obj)}")
-    ints: dict[str, int] = {}
+    ints: list[int] = []
     for name in REQUIRED_INT_FIELDS:
-        if name not in obj:
-            raise NotAnEvent(f"field {name} is missing")
-        value = obj[name]
-        if not isinstance(value, int) or isinstance(value, bool):
+        value = obj.get(name, _MISSING)
+        if type(value) is not int:  # type(), not isinstance: true and false are not integers
+            if value is _MISSING:
+                raise NotAnEvent(f"field {name} is missing")
             raise NotAnEvent(f"field {name} must be an integer, got {json_type_name(value)}")
         if not INT64_MIN <= value <= INT64_MAX:
             raise NotAnEvent(f"field {name} is out of range")
-        ints[name] = value
-    if "UniqueId" not in obj:
-        raise NotAnEvent("field UniqueId is missing")
-    unique_id = obj["UniqueId"]
-    if isinstance(unique_id, bool) or not isinstance(unique_id, (int, float, str)):
-        raise NotAnEvent(
-            f"field UniqueId must be a number or a string, got {json_type_name(unique_id)}"
-        )
-    if isinstance(unique_id, float):
+        ints.append(value)
+    event_id, action_type, record_type = ints
+    unique_id = obj.get("UniqueId", _MISSING)
+    if type(unique_id) not in (int, str):
+        if unique_id is _MISSING:
+            raise NotAnEvent("field UniqueId is missing")
+        if type(unique_id) is not float:
+            raise NotAnEvent(
+                f"field UniqueId must be a number or a string, got {json_type_name(unique_id)}"
+            )
         unique_id = str(unique_id)
 
     warnings: list[str] = []
-    if codes.action_name(ints["ActionType"]) is None:
-        warnings.append(f"unknown ActionType {ints['ActionType']}")
-    if codes.record_name(ints["RecordType"]) is None:
-        warnings.append(f"unknown RecordType {ints['RecordType']}")
-    texts: dict[str, str | None] = {}
-    for name in ("Description", "Username", "ActionDate"):
-        value = obj.get(name)
-        if name not in obj:
+    if codes.action_name(action_type) is None:
+        warnings.append(f"unknown ActionType {action_type}")
+    if codes.record_name(record_type) is None:
+        warnings.append(f"unknown RecordType {record_type}")
+    texts: list[str | None] = []
+    for name in TEXT_FIELDS:
+        value = obj.get(name, _MISSING)
+        if type(value) is str and value and (value.isascii() or not _has_lone_surrogate(value)):
+            texts.append(value)
+            continue
+        if value is _MISSING:
             warnings.append(f"{name} is missing")
+            value = None
         elif value is None:
             warnings.append(f"{name} is null")
         elif not isinstance(value, str):
@@ -202,25 +227,25 @@ def validate(obj: Any) -> AuditEvent:
             value = json.dumps(value)
         elif value == "":
             warnings.append(f"{name} is empty")
-        elif _has_lone_surrogate(value):
+        else:
             warnings.append(f"{name} has an unpaired UTF-16 surrogate escape")
-        texts[name] = value
-    action_date = texts["ActionDate"]
+        texts.append(value)
+    description, username, action_date = texts
     if action_date and parse_action_date(action_date) is None:
         warnings.append(
             "ActionDate is not ISO 8601 with 0 to 7 fractional digits and Z or an offset"
         )
-    extra = sorted(set(obj) - KNOWN_FIELDS)
+    extra = obj.keys() - KNOWN_FIELDS
     if extra:
-        warnings.append("extra fields: " + ", ".join(extra))
+        warnings.append("extra fields: " + ", ".join(sorted(extra)))
 
     return AuditEvent(
-        id=ints["Id"],
-        action_type=ints["ActionType"],
-        record_type=ints["RecordType"],
+        id=event_id,
+        action_type=action_type,
+        record_type=record_type,
         unique_id=unique_id,
-        description=texts["Description"],
-        username=texts["Username"],
+        description=description,
+        username=username,
         action_date=action_date,
         raw=obj,
         warnings=tuple(warnings),

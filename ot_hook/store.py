@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from ot_hook.events import AuditEvent
+from ot_hook.events import EventKey
 
 T = TypeVar("T")
 Outcome = Literal["accepted", "duplicate", "rejected"]
@@ -101,7 +101,8 @@ class StoreUnavailable(StoreError):
 # Not frozen: on the delivery path a frozen dataclass costs about 2 us more per instance.
 @dataclass(slots=True)
 class Delivery:
-    """One request on the delivery path, as the receiver saw it, ready to be stored."""
+    """One request on the delivery path, as the receiver saw it. The writer parses and
+    validates the body, and stores it with its outcome."""
 
     received_at: str
     method: str
@@ -111,18 +112,21 @@ class Delivery:
     headers: Sequence[tuple[str, str]]
     body: bytes
     body_size: int
-    http_status: int
-    event: AuditEvent | None = None  # None means rejected
-    reason: str | None = None
-    warnings: Sequence[str] = ()
+    status: int = 200  # the answer to a valid delivery (serve --status-code)
+    refused: tuple[int, str] | None = None  # the receiver's own refusal: 413, 408, 400
     relay_to: str | None = None  # serve --forward-to: queue it for relaying in the same commit
 
 
 @dataclass(slots=True)
 class Saved:
+    """How a delivery was stored, and so how to answer it."""
+
     row: int
     outcome: Outcome
     duplicate_of: int | None
+    http_status: int = 200
+    reason: str | None = None  # why it was rejected
+    event: EventKey | None = None  # None when rejected
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,15 @@ the receiver's handle on it.
 In one process the SQLite work and the event loop share one GIL, and every row bound to a
 statement and every commit stalls request handling (measured: the loop sat idle a fifth of the
 time waiting for a writer thread that waited for the GIL). So `Store.open` starts
-`python -m ot_hook.writer PATH FD MAX_PAGES MAX_BATCH` with one end of a socket pair.
-Both directions carry frames: a 4-byte length, then a pickle.
+`python -m ot_hook.writer PATH FD MAX_PAGES MAX_BATCH` with one end of a socket pair, and the
+writer also parses and validates each body: that is a tenth of a delivery's cost, and the
+loop is what limits throughput. Both directions carry frames: a 4-byte length, then a pickle.
 
-  receiver -> writer: a list of rows (`row_of(delivery)`), in the order they were saved;
+  receiver -> writer: first the code tables in use (they name unknown codes in warnings), then
+  lists of rows (`row_of(delivery)`), in the order they were saved;
   writer -> receiver: one answer per transaction, `(count, saved, error, notice)`: `saved` is
-  [(row, outcome, duplicate_of), ...] for the next `count` rows, or None with an `error`.
+  [(row, outcome, duplicate_of, http_status, reason, event key), ...] for the next `count`
+  rows, or None with an `error`.
 
 The writer takes everything waiting (group commit: one fsync for many deliveries), commits, and
 only then answers; the receiver answers HTTP after that. It exits when the receiver closes its
@@ -36,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import ot_hook
+from ot_hook import codes
+from ot_hook.events import AuditEvent, EventKey, InvalidDelivery, parse_body
 from ot_hook.store import (
     Delivery,
     Outcome,
@@ -54,9 +59,10 @@ T = TypeVar("T")
 _LENGTH = struct.Struct("!I")
 _RECV_SIZE = 1 << 20
 # A row on the wire: received_at, method, target, remote, content_type, headers, body,
-# body_size, http_status, reason, warnings, relay_to, then the event's fields or None.
+# body_size, status, refused, relay_to (the fields of `Delivery`).
 Row = tuple[Any, ...]
-Answer = tuple[int, list[tuple[int, Outcome, int | None]] | None, str | None, str | None]
+Result = tuple[int, Outcome, int | None, int, str | None, tuple[Any, ...] | None]
+Answer = tuple[int, list[Result] | None, str | None, str | None]
 
 
 def frame(value: Any) -> bytes:
@@ -84,13 +90,8 @@ class Frames:
 
 
 def row_of(d: Delivery) -> Row:
-    event = d.event
-    fields = None if event is None else (
-        event.id, event.action_type, event.record_type, event.unique_id, event.description,
-        event.username, event.action_date,
-    )
     return (d.received_at, d.method, d.target, d.remote, d.content_type, d.headers, d.body,
-            d.body_size, d.http_status, d.reason, d.warnings, d.relay_to, fields)
+            d.body_size, d.status, d.refused, d.relay_to)
 
 
 def commit(writer: Writer, rows: list[Row]) -> Answer:
@@ -120,14 +121,16 @@ _INSERT = """
 """
 
 
-def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[tuple[int, Outcome, int | None]]:
-    """Number the rows, tell accepted from duplicate, insert them and queue their relays.
+def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[Result]:
+    """Parse each body, number the rows, tell accepted from duplicate, insert them and queue
+    their relays.
 
     Rows are numbered here (this writer is the only one inserting deliveries) so that a
     duplicate of a delivery earlier in the same batch can name its row before anything is
     inserted; two queries serve the whole batch.
     """
-    ids = sorted({r[12][0] for r in rows if r[12] is not None})
+    checked = [_check(row) for row in rows]
+    ids = sorted({event.id for event, _, _ in checked if event is not None})
     first_accepted: dict[int, int] = {}
     for chunk in range(0, len(ids), 500):  # stay well under SQLite's variable limit
         part = ids[chunk : chunk + 500]
@@ -136,25 +139,28 @@ def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[tuple[int, Outcom
     (last,) = conn.execute(
         "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0)"
     ).fetchone()
-    saved: list[tuple[int, Outcome, int | None]] = []
+    results: list[Result] = []
     values: list[tuple[Any, ...]] = []
     relays: list[tuple[int, str, str]] = []
+    numbers = range(last + 1, last + 1 + len(rows))
     for row, (received_at, method, target, remote, content_type, headers, body, body_size,
-              http_status, reason, warnings, relay_to, event) in enumerate(rows, start=last + 1):
+              _, _, relay_to), (event, http_status, reason) in zip(
+            numbers, rows, checked, strict=True):
         outcome: Outcome = "rejected"
         duplicate_of: int | None = None
         if event is not None:
-            duplicate_of = first_accepted.get(event[0])
+            duplicate_of = first_accepted.get(event.id)
             outcome = "accepted" if duplicate_of is None else "duplicate"
             if duplicate_of is None:
-                first_accepted[event[0]] = row
+                first_accepted[event.id] = row
             if relay_to is not None:  # relays of one record keep their arrival order
-                relays.append((row, relay_to, f"{event[2]}:{event[3]}"))
-        saved.append((row, outcome, duplicate_of))
+                relays.append((row, relay_to, f"{event.record_type}:{event.unique_id}"))
+        results.append((row, outcome, duplicate_of, http_status, reason,
+                         None if event is None else tuple(event.key())))
         values.append((
             row, received_at, outcome, http_status, _utf8(reason),
-            json.dumps(list(warnings)), duplicate_of, _utf8(remote), method,
-            _utf8(target), _utf8(content_type), json.dumps(headers), body, body_size,
+            json.dumps(list(event.warnings) if event else []), duplicate_of, _utf8(remote),
+            method, _utf8(target), _utf8(content_type), json.dumps(headers), body, body_size,
             *_event_columns(event),
         ))
     conn.executemany(_INSERT, values)
@@ -163,15 +169,25 @@ def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[tuple[int, Outcom
             "INSERT INTO relays (row, target, record_key, state) VALUES (?, ?, ?, 'pending')",
             relays,
         )
-    return saved
+    return results
 
 
-def _event_columns(event: tuple[Any, ...] | None) -> tuple[Any, ...]:
+def _check(row: Row) -> tuple[AuditEvent | None, int, str | None]:
+    """The event in a row's body, and the status and reason to answer it with."""
+    body, status, refused = row[6], row[8], row[9]
+    if refused is not None:
+        return None, refused[0], refused[1]
+    try:
+        return parse_body(body), status, None
+    except InvalidDelivery as exc:
+        return None, exc.status, exc.reason
+
+
+def _event_columns(event: AuditEvent | None) -> tuple[Any, ...]:
     if event is None:
         return (None,) * 7
-    event_id, action_type, record_type, unique_id, description, username, action_date = event
-    return (event_id, action_type, record_type, _utf8(str(unique_id)), _utf8(description),
-            _utf8(username), _utf8(action_date))
+    return (event.id, event.action_type, event.record_type, _utf8(str(event.unique_id)),
+            _utf8(event.description), _utf8(event.username), _utf8(event.action_date))
 
 
 def _utf8(text: str | None) -> str | None:
@@ -184,31 +200,6 @@ def _utf8(text: str | None) -> str | None:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
-
-
-def _batches(sock: socket.socket, max_batch: int) -> Iterator[list[Row]]:
-    """Everything waiting on `sock`, up to about `max_batch` rows at a time; blocks for the
-    first frame of each batch and ends when the receiver closes its end."""
-    frames = Frames()
-    rows: list[Row] = []
-    open_ = True
-    while open_ or rows:
-        if not rows:
-            data = sock.recv(_RECV_SIZE)  # wait for work
-            open_ = bool(data)
-            for batch in frames.feed(data):
-                rows.extend(batch)
-        while open_ and len(rows) < max_batch:  # take what else has come, without waiting
-            try:
-                data = sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            open_ = bool(data)
-            for batch in frames.feed(data):
-                rows.extend(batch)
-        if rows:
-            yield rows[:max_batch]
-            del rows[:max_batch]
 
 
 # How long close() waits for the writer to commit what it was sent, and how soon a writer
@@ -267,6 +258,7 @@ class Store:
             raise StoreError(f"cannot start the store's writer: {exc.strerror}") from None
         finally:
             theirs.close()
+        ours.sendall(frame(codes.active()))  # the first frame: see the module's docstring
         ours.setblocking(False)
         self._sock = ours
 
@@ -368,7 +360,9 @@ class Store:
             if saved is None:
                 future.set_exception(StoreUnavailable(error or "the store failed"))
             else:
-                future.set_result(Saved(*saved[index]))
+                row, outcome, duplicate_of, status, reason, key = saved[index]
+                future.set_result(Saved(row, outcome, duplicate_of, status, reason,
+                                        None if key is None else EventKey(*key)))
 
     def _writer_stopped(self) -> None:
         """The writer died (killed, or a bug): fail what waits with a 503; the next save
@@ -429,13 +423,59 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
+class _Inbox:
+    """The receiver's frames, as the writer reads them."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._frames = Frames()
+        self._waiting: list[Any] = []
+        self._open = True
+
+    def _take(self, block: bool) -> bool:
+        """Read what has come (waiting for something if `block`); False once nothing will."""
+        try:
+            data = self._sock.recv(_RECV_SIZE, 0 if block else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        self._open = bool(data)
+        self._waiting.extend(self._frames.feed(data))
+        return self._open
+
+    def first(self) -> Any:
+        while not self._waiting and self._take(block=True):
+            pass
+        return self._waiting.pop(0) if self._waiting else None
+
+    def batches(self, max_batch: int) -> Iterator[list[Row]]:
+        """Everything waiting, up to about `max_batch` rows at a time; waits for the first
+        frame of each batch, and ends when the receiver closes its end."""
+        rows: list[Row] = []
+        while self._open or self._waiting or rows:
+            if not rows and not self._waiting:
+                self._take(block=True)
+            while self._open and len(rows) + len(self._waiting) < max_batch \
+                    and self._take(block=False):  # take what else has come, without waiting
+                pass
+            for batch in self._waiting:
+                rows.extend(batch)
+            self._waiting.clear()
+            if rows:
+                yield rows[:max_batch]
+                del rows[:max_batch]
+
+
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     path, fd, max_pages, max_batch = argv
     writer = Writer(Path(path), int(max_pages) or None)
     with socket.socket(fileno=int(fd)) as sock:
-        for rows in _batches(sock, int(max_batch)):
+        inbox = _Inbox(sock)
+        tables = inbox.first()
+        if tables is not None:
+            codes.use(tables)
+        for rows in inbox.batches(int(max_batch)):
             try:
                 sock.sendall(frame(commit(writer, rows)))
             except OSError:  # the receiver is gone; what it sent is committed

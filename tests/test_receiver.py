@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ot_hook import codes, decode
 from ot_hook.serve import Receiver
 from tests.support import SAMPLE, basic, post, running, sample, stored
 
@@ -261,3 +262,20 @@ async def test_ipv6_loopback_works_and_the_url_is_bracketed(state: Path) -> None
         assert receiver.url.startswith("https://[::1]:")
         assert (await post(receiver, SAMPLE)).status == 200
     assert stored(state)[0].remote == "::1"
+
+
+async def test_the_users_own_codes_reach_the_writer(state: Path, tmp_path: Path) -> None:
+    """OT_HOOK_CODES is loaded by the CLI into this process; the writer process that
+    validates deliveries must know the same codes, or it would warn of "unknown" ones."""
+    path = tmp_path / "codes.toml"
+    path.write_text('[actions]\n42 = "Approve Twice"\n')
+    codes.use(decode.load_tables(path))
+    try:
+        async with running(state) as receiver:
+            assert (await post(receiver, sample(1, ActionType=42))).status == 200
+            assert (await post(receiver, sample(2, ActionType=43))).status == 200
+    finally:
+        codes.use(codes.BUILTIN)
+    known, unknown = stored(state)
+    assert known.warnings == []
+    assert unknown.warnings == ["unknown ActionType 43"]

@@ -37,7 +37,7 @@ def test_a_stuck_stderr_drops_lines_and_counts_them() -> None:
 
 
 def test_a_request_line_names_status_outcome_codes_and_row() -> None:
-    event = parse_body(sample(1947))
+    event = parse_body(sample(1947)).key()
     line = format_request(RequestRecord(200, "accepted", "127.0.0.1", 184, 2.5, event, 3))
     assert " 200 accepted " in line
     assert "Id 1947 Change Status Sales Order 890" in line
@@ -45,7 +45,7 @@ def test_a_request_line_names_status_outcome_codes_and_row() -> None:
 
 
 def test_delivery_text_cannot_move_the_cursor() -> None:
-    event = parse_body(sample(1, UniqueId="\x1b[2J\x1b[H890"))
+    event = parse_body(sample(1, UniqueId="\x1b[2J\x1b[H890")).key()
     line = format_request(RequestRecord(200, "accepted", None, 10, 1.0, event, 1))
     assert "\x1b" not in line
     assert "\\x1b[2J" in line
