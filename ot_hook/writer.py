@@ -229,7 +229,6 @@ class Store:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._frames = Frames()
-        self._unsent: list[Row] = []  # saved during this turn of the loop, sent at its end
         self._outbox = bytearray()  # sent, but not yet taken by the socket
         self._waiting: collections.deque[asyncio.Future[Saved]] = collections.deque()
         self._stopped_at = 0.0
@@ -275,9 +274,11 @@ class Store:
             self._attach(loop)
         future: asyncio.Future[Saved] = loop.create_future()
         self._waiting.append(future)
-        if not self._unsent:  # one frame per turn of the loop, not one per delivery
-            loop.call_soon(self._send)
-        self._unsent.append(row_of(delivery))
+        # Sent at once: the writer commits whatever has come by the time it is free (group
+        # commit). Sending once per turn of the loop instead moved the connections in
+        # lockstep, the loop idle while the writer committed all of them (-9% deliveries/s).
+        self._outbox += frame([row_of(delivery)])
+        self._send()
         return await future
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -317,9 +318,6 @@ class Store:
         self._loop = None
 
     def _send(self) -> None:
-        if self._unsent:
-            self._outbox += frame(self._unsent)
-            self._unsent = []
         if self._sock is None or self._loop is None:
             return
         try:
@@ -374,7 +372,6 @@ class Store:
             self._sock = None
         self._frames = Frames()
         self._outbox.clear()
-        self._unsent = []
         self._stopped_at = time.monotonic()
         error = StoreUnavailable(f"the store's writer stopped (exit status {status})")
         while self._waiting:
@@ -397,9 +394,6 @@ class Store:
         """Blocking: send the rest, say there is no more, settle every answer, reap."""
         sock, process = self._sock, self._process
         assert sock is not None and process is not None
-        if self._unsent:
-            self._outbox += frame(self._unsent)
-            self._unsent = []
         self._detach()
         sock.settimeout(CLOSE_TIMEOUT)
         try:
