@@ -5,11 +5,15 @@ Run by hand (wrk comes from Debian: apt-get install wrk):
     .venv/bin/python bench/bench_receiver.py [--seconds 10] [--memory]
 
 For each event loop (asyncio, and uvloop where installed) and for 1, 32 and 128 keep-alive
-connections, wrk POSTs the sample delivery with Basic Auth for --seconds to:
+connections, wrk POSTs the sample delivery with Basic Auth to:
   - bare: bench/bare_server.py, which reads the body and answers 200 (no auth, no store);
   - ot-hook: `ot-hook serve --quiet` with its store at synchronous=FULL (every 200 durable).
-It prints a Markdown table of deliveries per second, p50 and p99, and ot-hook/bare ratios.
---memory also reports the receiver's resident size after 1,000 and 100,000 deliveries.
+Both run side by side and wrk alternates between them, --rounds runs of --seconds each: a
+shared machine's speed drifts by 15% from one run to the next, and a ratio taken within a
+round cancels most of that. It prints a Markdown table of the medians (deliveries per second,
+p50 and p99) and the median of the per-round ratios, with their range.
+--memory also reports resident size (receiver and its writer process) after 1,000 and
+100,000 deliveries.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import re
 import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,8 +73,9 @@ def run_wrk(url: str, connections: int, seconds: int) -> Result:
         capture_output=True, text=True, check=True,
     ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # Anchored: a "+/- Stdev" column such as 71.50% must not pass for the 50th percentile.
+    p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     problems = re.findall(r"(Socket errors:.*|Non-2xx or 3xx responses: \d+)", out)
     return Result(rate, p50, p99, "; ".join(problems))
 
@@ -99,10 +105,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """Resident size of `pid` and its children (the receiver and its writer process)."""
+    total = 0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for each in [pid, *(int(c) for c in children.read_text().split())]:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
 
 
 def rows(home: Path) -> int:
@@ -142,9 +152,37 @@ def loops() -> list[str]:
     return ["asyncio", "uvloop"]
 
 
+def compare(bare_url: str, ours_url: str, connections: int, seconds: int,
+            rounds: int) -> tuple[list[Result], list[Result]]:
+    """wrk against each server in turn, `rounds` times (after a warm-up of each)."""
+    run_wrk(bare_url, connections, 1)
+    run_wrk(ours_url, connections, 1)
+    bare: list[Result] = []
+    ours: list[Result] = []
+    for _ in range(rounds):
+        bare.append(run_wrk(bare_url, connections, seconds))
+        ours.append(run_wrk(ours_url, connections, seconds))
+    return bare, ours
+
+
+def row(loop: str, connections: int, bare: list[Result], ours: list[Result]) -> str:
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    ratios = sorted(o.rate / b.rate for b, o in zip(bare, ours, strict=True))
+    errors = "; ".join(sorted({r.errors for r in ours if r.errors}))
+    note = f" ({errors})" if errors else ""
+    return (f"| {loop} | {connections} | {median([r.rate for r in bare]):.0f} "
+            f"| {median([r.rate for r in ours]):.0f}{note} "
+            f"| {median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) "
+            f"| {median([r.p50_ms for r in bare]):.2f}/{median([r.p99_ms for r in bare]):.2f} "
+            f"| {median([r.p50_ms for r in ours]):.2f}/{median([r.p99_ms for r in ours]):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=3, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, default=5, help="runs against each server")
     parser.add_argument("--connections", default="1,32,128")
     parser.add_argument("--memory", action="store_true")
     args = parser.parse_args()
@@ -156,32 +194,28 @@ def main() -> None:
     stop(setup)
     cert = work / "cert-home" / "server.pem"
 
-    print(f"{os.cpu_count()} CPUs, {args.seconds}s per run, wrk -t1, the sample delivery\n")
-    print("| loop | connections | bare req/s | ot-hook req/s | ratio | bare p50/p99 ms "
-          "| ot-hook p50/p99 ms |")
+    print(f"{os.cpu_count()} CPUs, wrk -t1, the sample delivery; {args.rounds} rounds of "
+          f"{args.seconds} s against each server in turn; medians, and the ratio's range\n")
+    print("| loop | connections | bare req/s | ot-hook req/s | ratio (range) "
+          "| bare p50/p99 ms | ot-hook p50/p99 ms |")
     print("|---|---|---|---|---|---|---|")
     for loop in loops():
-        for connections in (int(c) for c in args.connections.split(",")):
-            bare, bare_port = start_bare(cert, loop)
-            try:
-                base = run_wrk(f"https://127.0.0.1:{bare_port}/", connections, args.seconds)
-            finally:
-                stop(bare)
-            home = work / f"{loop}-{connections}"
-            ours, port = start_ot_hook(home, loop)
-            try:
-                got = run_wrk(f"https://127.0.0.1:{port}/", connections, args.seconds)
-            finally:
-                stop(ours)
-            note = f" ({got.errors})" if got.errors else ""
-            print(f"| {loop} | {connections} | {base.rate:.0f} | {got.rate:.0f}{note} "
-                  f"| {got.rate / base.rate:.2f} | {base.p50_ms:.2f}/{base.p99_ms:.2f} "
-                  f"| {got.p50_ms:.2f}/{got.p99_ms:.2f} |", flush=True)
+        bare, bare_port = start_bare(cert, loop)
+        ours, port = start_ot_hook(work / f"{loop}-home", loop)
+        try:
+            for connections in (int(c) for c in args.connections.split(",")):
+                results = compare(f"https://127.0.0.1:{bare_port}/", f"https://127.0.0.1:{port}/",
+                                  connections, args.seconds, args.rounds)
+                print(row(loop, connections, *results), flush=True)
+        finally:
+            stop(bare)
+            stop(ours)
     if args.memory:
         for loop in loops():
             small, large = measure_memory(work, loop)
             print(f"\nmemory ({loop}): RSS {small / 1024:.1f} MB after 1,000 deliveries, "
-                  f"{large / 1024:.1f} MB after 100,000 (+{(large - small) / 1024:.1f} MB)")
+                  f"{large / 1024:.1f} MB after 100,000 (+{(large - small) / 1024:.1f} MB; "
+                  "the receiver and its writer process together)")
     shutil.rmtree(work, ignore_errors=True)
 
 

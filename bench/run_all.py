@@ -21,8 +21,8 @@ HERE = Path(__file__).resolve().parent
 BENCHES: list[tuple[str, list[str], list[str]]] = [
     # (title, full arguments, --quick arguments)
     ("Receiver: throughput, latency and memory (issue 7)",
-     ["bench_receiver.py", "--seconds", "10", "--memory"],
-     ["bench_receiver.py", "--seconds", "2", "--connections", "32"]),
+     ["bench_receiver.py", "--rounds", "5", "--seconds", "3", "--memory"],
+     ["bench_receiver.py", "--rounds", "1", "--seconds", "1", "--connections", "32"]),
     ("decode: start-up and streaming (issue 3)",
      ["bench_decode.py"], ["bench_decode.py", "--lines", "20000", "--runs", "5"]),
     ("tail: latency, idle CPU, -n 10 on a large store (issue 5)",
