@@ -8,10 +8,11 @@ For each event loop (asyncio, and uvloop where installed) and for 1, 32 and 128 
 connections, wrk POSTs the sample delivery with Basic Auth to:
   - bare: bench/bare_server.py, which reads the body and answers 200 (no auth, no store);
   - ot-hook: `ot-hook serve --quiet` with its store at synchronous=FULL (every 200 durable).
-Both run side by side and wrk alternates between them, --rounds runs of --seconds each: a
-shared machine's speed drifts by 15% from one run to the next, and a ratio taken within a
-round cancels most of that. It prints a Markdown table of the medians (deliveries per second,
-p50 and p99) and the median of the per-round ratios, with their range.
+All of them run side by side and wrk goes from one to the next, --rounds runs of --seconds
+each: a shared machine's speed drifts by 15% from one run to the next, and a ratio taken
+within a round cancels most of that. It prints a Markdown table of the medians (deliveries
+per second, p50 and p99) and the median of the per-round ratios, with their range, and the
+ratio of ot-hook as shipped (on uvloop where installed) to the bare server on asyncio.
 --memory also reports resident size (receiver and its writer process) after 1,000 and
 100,000 deliveries.
 """
@@ -152,29 +153,33 @@ def loops() -> list[str]:
     return ["asyncio", "uvloop"]
 
 
-def compare(bare_url: str, ours_url: str, connections: int, seconds: int,
-            rounds: int) -> tuple[list[Result], list[Result]]:
+def compare(urls: dict[str, str], connections: int, seconds: int,
+            rounds: int) -> dict[str, list[Result]]:
     """wrk against each server in turn, `rounds` times (after a warm-up of each)."""
-    run_wrk(bare_url, connections, 1)
-    run_wrk(ours_url, connections, 1)
-    bare: list[Result] = []
-    ours: list[Result] = []
+    for url in urls.values():
+        run_wrk(url, connections, 1)
+    results: dict[str, list[Result]] = {name: [] for name in urls}
     for _ in range(rounds):
-        bare.append(run_wrk(bare_url, connections, seconds))
-        ours.append(run_wrk(ours_url, connections, seconds))
-    return bare, ours
+        for name, url in urls.items():
+            results[name].append(run_wrk(url, connections, seconds))
+    return results
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def ratio(ours: list[Result], bare: list[Result]) -> str:
+    """The median of the per-round ratios, and their range."""
+    ratios = sorted(o.rate / b.rate for b, o in zip(bare, ours, strict=True))
+    return f"{median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def row(loop: str, connections: int, bare: list[Result], ours: list[Result]) -> str:
-    def median(values: list[float]) -> float:
-        return statistics.median(values)
-
-    ratios = sorted(o.rate / b.rate for b, o in zip(bare, ours, strict=True))
     errors = "; ".join(sorted({r.errors for r in ours if r.errors}))
     note = f" ({errors})" if errors else ""
     return (f"| {loop} | {connections} | {median([r.rate for r in bare]):.0f} "
-            f"| {median([r.rate for r in ours]):.0f}{note} "
-            f"| {median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) "
+            f"| {median([r.rate for r in ours]):.0f}{note} | {ratio(ours, bare)} "
             f"| {median([r.p50_ms for r in bare]):.2f}/{median([r.p99_ms for r in bare]):.2f} "
             f"| {median([r.p50_ms for r in ours]):.2f}/{median([r.p99_ms for r in ours]):.2f} |")
 
@@ -189,27 +194,39 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="ot-hook-bench-"))
-    # One certificate for both servers, made the way serve makes it.
+    # One certificate for every server, made the way serve makes it.
     setup, _ = start_ot_hook(work / "cert-home", "asyncio")
     stop(setup)
     cert = work / "cert-home" / "server.pem"
 
+    servers: dict[str, subprocess.Popen[bytes]] = {}
+    urls: dict[str, str] = {}
+    for loop in loops():
+        servers[f"bare {loop}"], port = start_bare(cert, loop)
+        urls[f"bare {loop}"] = f"https://127.0.0.1:{port}/"
+        servers[f"ot-hook {loop}"], port = start_ot_hook(work / f"{loop}-home", loop)
+        urls[f"ot-hook {loop}"] = f"https://127.0.0.1:{port}/"
     print(f"{os.cpu_count()} CPUs, wrk -t1, the sample delivery; {args.rounds} rounds of "
-          f"{args.seconds} s against each server in turn; medians, and the ratio's range\n")
+          f"{args.seconds} s against each server in turn; medians, and the range of the "
+          "per-round ratio\n")
     print("| loop | connections | bare req/s | ot-hook req/s | ratio (range) "
           "| bare p50/p99 ms | ot-hook p50/p99 ms |")
     print("|---|---|---|---|---|---|---|")
-    for loop in loops():
-        bare, bare_port = start_bare(cert, loop)
-        ours, port = start_ot_hook(work / f"{loop}-home", loop)
-        try:
-            for connections in (int(c) for c in args.connections.split(",")):
-                results = compare(f"https://127.0.0.1:{bare_port}/", f"https://127.0.0.1:{port}/",
-                                  connections, args.seconds, args.rounds)
-                print(row(loop, connections, *results), flush=True)
-        finally:
-            stop(bare)
-            stop(ours)
+    shipped: list[str] = []
+    try:
+        for connections in (int(c) for c in args.connections.split(",")):
+            results = compare(urls, connections, args.seconds, args.rounds)
+            for loop in loops():
+                print(row(loop, connections, results[f"bare {loop}"],
+                          results[f"ot-hook {loop}"]), flush=True)
+            default = loops()[-1]  # serve's default: uvloop where installed
+            shipped.append(f"{connections} connections: "
+                           f"{ratio(results[f'ot-hook {default}'], results['bare asyncio'])}")
+    finally:
+        for server in servers.values():
+            stop(server)
+    print(f"\not-hook on its default loop ({loops()[-1]}) against the bare server on the "
+          f"default asyncio loop: {'; '.join(shipped)}")
     if args.memory:
         for loop in loops():
             small, large = measure_memory(work, loop)
