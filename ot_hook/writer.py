@@ -240,6 +240,11 @@ class Store:
         self._jobs = ThreadPoolExecutor(1, thread_name_prefix="ot-hook-store")
         self._start_writer()
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid while one runs (the fault tests kill it)."""
+        return self._process.pid if self._process is not None else None
+
     def _replaced(self, message: str) -> None:
         if self.on_replaced is not None:
             self.on_replaced(message)

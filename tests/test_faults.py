@@ -9,6 +9,7 @@ import asyncio
 import gzip
 import io
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -134,6 +135,40 @@ async def test_a_full_store_gets_503_then_recovers_by_itself(state: Path) -> Non
         assert (await post(receiver, sample(1000))).status == 200
         assert await eventually(lambda: "store: writing again" in err.getvalue())
     assert [row.event_id for row in stored(state)] == [1000]
+
+
+async def test_a_killed_writer_gets_503s_never_200s_then_a_new_one_takes_over(
+    state: Path,
+) -> None:
+    err = io.StringIO()
+    async with running(state, stderr=err) as receiver:
+        assert receiver.ca_path is not None
+        first_writer = receiver.store.writer_pid
+        assert first_writer is not None
+        bodies = [sample(n) for n in range(1, 1201)]
+        enough = asyncio.Event()
+        load = asyncio.create_task(post_many(receiver.url, receiver.ca_path, bodies, 8,
+                                             enough, answered_enough=200))
+        await asyncio.wait_for(enough.wait(), 60)
+        os.kill(first_writer, signal.SIGKILL)  # mid-stream: rows in flight, a commit maybe
+        statuses = await load
+        assert set(statuses) <= {200, 503}
+        assert 503 in statuses, "the writer was killed after the load had finished"
+        assert await eventually(lambda: "STORE FAILING" in err.getvalue())
+        # A new writer starts by itself once the pause after the crash has passed.
+        for _ in range(50):
+            answer = await post(receiver, sample(5000))
+            if answer.status == 200:
+                break
+            assert answer.status == 503
+            await asyncio.sleep(0.1)
+        assert answer.status == 200
+        assert receiver.store.writer_pid not in (None, first_writer)
+        assert await eventually(lambda: "store: writing again" in err.getvalue())
+    acknowledged = {n + 1 for n, status in enumerate(statuses) if status == 200}
+    kept = {row.event_id for row in stored(state)}
+    assert acknowledged | {5000} <= kept
+    assert integrity(state) == "ok"
 
 
 async def open_tls(receiver: Receiver) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
