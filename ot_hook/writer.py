@@ -159,9 +159,9 @@ def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[Result]:
                          None if event is None else tuple(event.key())))
         values.append((
             row, received_at, outcome, http_status, _utf8(reason),
-            json.dumps(list(event.warnings) if event else []), duplicate_of, _utf8(remote),
-            method, _utf8(target), _utf8(content_type), json.dumps(headers), body, body_size,
-            *_event_columns(event),
+            json.dumps(event.warnings) if event and event.warnings else "[]", duplicate_of,
+            _utf8(remote), method, _utf8(target), _utf8(content_type), _headers_json(headers),
+            body, body_size, *_event_columns(event),
         ))
     conn.executemany(_INSERT, values)
     if relays:
@@ -170,6 +170,26 @@ def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[Result]:
             relays,
         )
     return results
+
+
+class _JSONCache(dict[tuple[tuple[str, str], ...], str]):
+    """Header lists as JSON, worked out once per distinct list: a sender repeats the same
+    headers, and a lookup costs a fraction of json.dumps. Bounded: a sender that varies them
+    cannot grow it without end."""
+
+    def __missing__(self, headers: tuple[tuple[str, str], ...]) -> str:
+        text = json.dumps(headers)
+        if len(self) >= 256:
+            self.clear()
+        self[headers] = text
+        return text
+
+
+_HEADERS_JSON = _JSONCache()
+
+
+def _headers_json(headers: Any) -> str:
+    return _HEADERS_JSON[tuple(headers)]
 
 
 def _check(row: Row) -> tuple[AuditEvent | None, int, str | None]:
@@ -230,6 +250,7 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._frames = Frames()
         self._outbox = bytearray()  # sent, but not yet taken by the socket
+        self._send_when_writable = False  # whether the loop calls _send once it can
         self._waiting: collections.deque[asyncio.Future[Saved]] = collections.deque()
         self._stopped_at = 0.0
 
@@ -320,6 +341,7 @@ class Store:
         if self._loop is not None and not self._loop.is_closed() and self._sock is not None:
             self._loop.remove_reader(self._sock)
             self._loop.remove_writer(self._sock)
+        self._send_when_writable = False
         self._loop = None
 
     def _send(self) -> None:
@@ -333,10 +355,13 @@ class Store:
             self._writer_stopped()
             return
         del self._outbox[:sent]
-        if self._outbox:  # the writer is behind: go on when the socket has room
+        if self._outbox and not self._send_when_writable:
+            # The writer is behind: go on when the socket has room.
             self._loop.add_writer(self._sock, self._send)
-        else:
+            self._send_when_writable = True
+        elif not self._outbox and self._send_when_writable:
             self._loop.remove_writer(self._sock)
+            self._send_when_writable = False
 
     def _on_answers(self) -> None:
         assert self._sock is not None
