@@ -13,6 +13,9 @@ each: a shared machine's speed drifts by 15% from one run to the next, and a rat
 within a round cancels most of that. It prints a Markdown table of the medians (deliveries
 per second, p50 and p99) and the median of the per-round ratios, with their range, and the
 ratio of ot-hook as shipped (on uvloop where installed) to the bare server on asyncio.
+Beside each rate: the CPU time the server spent per request over the same run (ot-hook's
+receiver process and its writer process apart): on two cores shared with wrk, CPU per
+delivery is what sets the rate, and it varies far less from run to run than the rate does.
 --memory also reports resident size (receiver and its writer process) after 1,000 and
 100,000 deliveries.
 """
@@ -44,6 +47,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: str
+    # CPU per request of the server (its main process, and its writer process), in us.
+    cpu_us: tuple[float, float] = (0.0, 0.0)
 
 
 def free_port() -> int:
@@ -79,6 +84,26 @@ def run_wrk(url: str, connections: int, seconds: int) -> Result:
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     problems = re.findall(r"(Socket errors:.*|Non-2xx or 3xx responses: \d+)", out)
     return Result(rate, p50, p99, "; ".join(problems))
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system, all threads) of `pid` and of its child processes."""
+    def of(each: int) -> float:
+        fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return of(pid), sum(of(int(child)) for child in children)
+
+
+def run_wrk_measured(url: str, pid: int, connections: int, seconds: int) -> Result:
+    """run_wrk, with the server's CPU per request over the same run."""
+    before = cpu_seconds(pid)
+    result = run_wrk(url, connections, seconds)
+    after = cpu_seconds(pid)
+    count = result.rate * seconds
+    result.cpu_us = ((after[0] - before[0]) * 1e6 / count, (after[1] - before[1]) * 1e6 / count)
+    return result
 
 
 def start_ot_hook(home: Path, loop: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -153,7 +178,7 @@ def loops() -> list[str]:
     return ["asyncio", "uvloop"]
 
 
-def compare(urls: dict[str, str], connections: int, seconds: int,
+def compare(urls: dict[str, str], pids: dict[str, int], connections: int, seconds: int,
             rounds: int) -> dict[str, list[Result]]:
     """wrk against each server in turn, `rounds` times (after a warm-up of each)."""
     for url in urls.values():
@@ -161,7 +186,7 @@ def compare(urls: dict[str, str], connections: int, seconds: int,
     results: dict[str, list[Result]] = {name: [] for name in urls}
     for _ in range(rounds):
         for name, url in urls.items():
-            results[name].append(run_wrk(url, connections, seconds))
+            results[name].append(run_wrk_measured(url, pids[name], connections, seconds))
     return results
 
 
@@ -178,10 +203,14 @@ def ratio(ours: list[Result], bare: list[Result]) -> str:
 def row(loop: str, connections: int, bare: list[Result], ours: list[Result]) -> str:
     errors = "; ".join(sorted({r.errors for r in ours if r.errors}))
     note = f" ({errors})" if errors else ""
+    loop_us = median([r.cpu_us[0] for r in ours])
+    writer_us = median([r.cpu_us[1] for r in ours])
     return (f"| {loop} | {connections} | {median([r.rate for r in bare]):.0f} "
             f"| {median([r.rate for r in ours]):.0f}{note} | {ratio(ours, bare)} "
             f"| {median([r.p50_ms for r in bare]):.2f}/{median([r.p99_ms for r in bare]):.2f} "
-            f"| {median([r.p50_ms for r in ours]):.2f}/{median([r.p99_ms for r in ours]):.2f} |")
+            f"| {median([r.p50_ms for r in ours]):.2f}/{median([r.p99_ms for r in ours]):.2f} "
+            f"| {median([r.cpu_us[0] for r in bare]):.0f} "
+            f"| {loop_us:.0f} + {writer_us:.0f} |")
 
 
 def main() -> None:
@@ -210,12 +239,14 @@ def main() -> None:
           f"{args.seconds} s against each server in turn; medians, and the range of the "
           "per-round ratio\n")
     print("| loop | connections | bare req/s | ot-hook req/s | ratio (range) "
-          "| bare p50/p99 ms | ot-hook p50/p99 ms |")
-    print("|---|---|---|---|---|---|---|")
+          "| bare p50/p99 ms | ot-hook p50/p99 ms | bare CPU us/req "
+          "| ot-hook CPU us/req (receiver + writer) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     shipped: list[str] = []
     try:
         for connections in (int(c) for c in args.connections.split(",")):
-            results = compare(urls, connections, args.seconds, args.rounds)
+            results = compare(urls, {name: server.pid for name, server in servers.items()},
+                              connections, args.seconds, args.rounds)
             for loop in loops():
                 print(row(loop, connections, results[f"bare {loop}"],
                           results[f"ot-hook {loop}"]), flush=True)

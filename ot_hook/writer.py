@@ -57,7 +57,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _LENGTH = struct.Struct("!I")
-_RECV_SIZE = 1 << 20
+# 64 KiB: a larger buffer is its own mmap and munmap on every read (glibc's threshold is
+# 128 KiB), three system calls per batch on each side; a long frame simply takes more reads.
+_RECV_SIZE = 1 << 16
 # A row on the wire: received_at, method, target, remote, content_type, headers, body,
 # body_size, status, refused, relay_to (the fields of `Delivery`).
 Row = tuple[Any, ...]
