@@ -188,9 +188,21 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def remove_orphaned_wal(path: Path) -> None:
+    """With the store file gone, its -wal and -shm belong to nothing: SQLite would try to
+    apply the old log to the new, empty file and answer "disk I/O error" from then on."""
+    if path.exists():
+        return
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+
+
 def open_for_writing(path: Path, *, max_pages: int | None = None) -> sqlite3.Connection:
     """A connection that may write: WAL, synchronous=FULL, schema brought up to date."""
+    conn: sqlite3.Connection | None = None
     try:
+        remove_orphaned_wal(path)
         create_private_file(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
@@ -200,10 +212,11 @@ def open_for_writing(path: Path, *, max_pages: int | None = None) -> sqlite3.Con
         if max_pages is not None:
             conn.execute(f"PRAGMA max_page_count = {int(max_pages)}")
         _migrate(conn, path)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the store {path}: {exc}") from None
-    except OSError as exc:
-        raise StoreError(f"cannot open the store {path}: {exc.strerror}") from None
+    except (sqlite3.Error, OSError) as exc:
+        if conn is not None:  # each failed attempt would otherwise keep its files open
+            conn.close()
+        detail = exc.strerror if isinstance(exc, OSError) else exc
+        raise StoreError(f"cannot open the store {path}: {detail}") from None
     return conn
 
 
