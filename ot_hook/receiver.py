@@ -28,10 +28,22 @@ from ot_hook.writer import Store
 
 DEFAULT_MAX_BODY = 1024 * 1024
 REALM_HEADER = 'Basic realm="ot-hook", charset="UTF-8"'
-# Header names that may carry a secret are never stored, whatever their value.
+# Header names that may carry a secret are never stored, whatever their value ("auth" and
+# "pass" cover Authorization, X-Auth, X-Custom-Pass, Password...).
 SECRET_HEADER = re.compile(
-    r"authorization|cookie|token|secret|password|api-?key|signature", re.IGNORECASE
+    r"auth|cookie|token|secret|pass|api-?key|signature|credential|session", re.IGNORECASE
 )
+_QUOTED_BYTES = re.compile(r"""\s*:?\s*b['"].*""", re.DOTALL)
+_SECRET_HEADER_LINE = re.compile(
+    rf"((?:[\w-]*(?:{SECRET_HEADER.pattern})[\w-]*)\s*:\s*)[^\r\n\\'\"]+", re.IGNORECASE
+)
+
+
+def without_secrets(message: str) -> str:
+    """aiohttp's words for a request it could not parse, fit for a log: without the raw
+    bytes it quotes (they can hold the Authorization header) and any secret header value."""
+    message = _QUOTED_BYTES.sub("", message)
+    return _SECRET_HEADER_LINE.sub(r"\1****", message)
 
 
 @dataclass(frozen=True)

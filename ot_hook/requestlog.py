@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TextIO
 
-from ot_hook.receiver import RequestRecord, describe
+from ot_hook.receiver import RequestRecord, describe, without_secrets
 from ot_hook.textsafe import printable
 
 QUEUE_LINES = 10_000
@@ -91,7 +91,7 @@ class OneLineHandler(logging.Handler):
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             text += f": {error.__class__.__name__}: {' '.join(str(error).split())}"
-        self._log.line(f"{_now()} {printable(text)[:300]}")
+        self._log.line(f"{_now()} {printable(without_secrets(text))[:300]}")
 
 
 @contextlib.contextmanager

@@ -50,12 +50,15 @@ async def test_sample_round_trips_into_the_store_byte_exact(
 
 async def test_secret_headers_are_never_stored(receiver: Receiver, state: Path) -> None:
     await post(receiver, SAMPLE, headers={"Cookie": "session=abc", "X-Api-Token": "tok",
-                                          "Proxy-Authorization": "Basic eA=="})
+                                          "Proxy-Authorization": "Basic eA==",
+                                          "X-Auth": "Basic eQ==", "X-Custom-Pass": "hunter2",
+                                          "X-Session-Id": "s3ss", "X-Trace": "kept"})
     [row] = stored(state)
     kept = json.dumps(row.headers).lower()
     for secret in ("authorization", "cookie", "session=abc", "x-api-token", "tok\"",
-                   basic().split()[1].lower()):
+                   basic().split()[1].lower(), "eq==", "hunter2", "s3ss"):
         assert secret not in kept
+    assert ("X-Trace", "kept") in row.headers
 
 
 @pytest.mark.parametrize(

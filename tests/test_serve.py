@@ -317,6 +317,30 @@ async def test_malformed_http_is_one_line_on_the_console(state: Path) -> None:
     assert "Traceback" not in err.getvalue()
 
 
+async def test_a_request_aiohttp_cannot_parse_never_puts_the_password_in_the_log(
+    state: Path,
+) -> None:
+    """aiohttp quotes the raw request in its error, Authorization header and all."""
+    err = io.StringIO()
+    async with Receiver(options(state, quiet=False), err) as receiver:
+        context = ssl.create_default_context(cafile=str(receiver.ca_path))
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", receiver.port, ssl=context, server_hostname="localhost")
+        # Bare LF line endings: aiohttp refuses the request line and quotes what came.
+        writer.write(b"POST / HTTP/1.1\nHost: x\nAuthorization: " + basic().encode()
+                     + b"\nX-Api-Key: k3y-value\nContent-Length: 2\n\n{}")
+        assert (await reader.read()).startswith(b"HTTP/1.0 400")
+        writer.close()
+        for _ in range(100):
+            if "Error handling request" in err.getvalue():
+                break
+            await asyncio.sleep(0.02)
+    log = err.getvalue()
+    assert "BadStatusLine" in log
+    for secret in (basic().split()[1], PASSWORD, "k3y-value"):
+        assert secret not in log
+
+
 async def test_an_ipv6_host_may_be_written_in_brackets(state: Path) -> None:
     async with running(state, host="[::1]") as receiver:
         assert receiver.url.startswith("https://[::1]:")
