@@ -1,7 +1,7 @@
 """Running the receiver: state directory, lock, certificates, store, TLS site, banner, signals.
 
-`run(options, stderr)` is what `ot-hook serve` calls. It returns when SIGINT or SIGTERM asks it
-to stop, after in-flight deliveries are committed and answered and the port is free.
+`run(options, stderr)` is what `ot-hook serve` calls. It returns when a signal (STOP_SIGNALS)
+asks it to stop, after in-flight deliveries are committed and answered and the port is free.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ from ot_hook.writer import Store
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
 # What a sender can put in a URL as it is and the receiver's router matches exactly.
 VALID_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+# Ctrl-C, kill, and a closed terminal (SIGHUP, where the platform has it) all ask for a
+# clean stop: finish and commit what is in flight, then exit 0.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
 SHUTDOWN_TIMEOUT = 3.0  # in-flight deliveries get this long to finish after a stop request
 SAMPLE = (
     '{"Id": 1947, "ActionType": 4, "RecordType": 7, "UniqueId": 890, '
@@ -287,7 +291,7 @@ class Receiver:
 
 
 def run(options: ServeOptions, stderr: TextIO) -> None:
-    """Serve until SIGINT or SIGTERM asks to stop; return once everything is stored."""
+    """Serve until a stop signal comes; return once everything is stored."""
 
     async def serve_until_stopped() -> None:
         async with Receiver(options, stderr) as receiver:
@@ -302,7 +306,7 @@ def run(options: ServeOptions, stderr: TextIO) -> None:
 async def _stop_requested() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows: Ctrl-C raises
             loop.add_signal_handler(signum, stop.set)
     await stop.wait()

@@ -16,8 +16,8 @@ loop is what limits throughput. Both directions carry frames: a 4-byte length, t
 
 The writer takes everything waiting (group commit: one fsync for many deliveries), commits, and
 only then answers; the receiver answers HTTP after that. It exits when the receiver closes its
-end or dies, once what it has read is committed. It ignores SIGINT and SIGTERM: Ctrl-C reaches
-the whole process group, and the receiver stops it in order.
+end or dies, once what it has read is committed. It ignores SIGINT, SIGTERM and SIGHUP: Ctrl-C
+or a closed terminal reaches the whole process group, and the receiver stops it in order.
 """
 
 from __future__ import annotations
@@ -492,8 +492,9 @@ class _Inbox:
 
 
 def main(argv: list[str]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # the receiver stops it, in order
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     path, fd, max_pages, max_batch = argv
     writer = Writer(Path(path), int(max_pages) or None)
     with socket.socket(fileno=int(fd)) as sock:

@@ -176,13 +176,16 @@ class ServeProcess:
         return self.process.returncode
 
 
-def start_serve(state: Path, *args: str, env: dict[str, str] | None = None) -> ServeProcess:
-    """Start `ot-hook serve --port 0` and wait for its serve.json (its URL and port)."""
+def start_serve(state: Path, *args: str, env: dict[str, str] | None = None,
+                new_session: bool = False) -> ServeProcess:
+    """Start `ot-hook serve --port 0` and wait for its serve.json (its URL and port).
+    `new_session`: in a process group of its own, as under a terminal of its own."""
     full_env = {**os.environ, "OT_HOOK_USER": USER, "OT_HOOK_PASSWORD": PASSWORD, **(env or {})}
     full_env.pop("NO_COLOR", None)
     process = subprocess.Popen(
         ot_hook_command("serve", "--home", str(state), "--port", "0", *args),
         env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=new_session,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

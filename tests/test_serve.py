@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import os
 import shutil
@@ -11,6 +12,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -283,6 +285,25 @@ def test_sigterm_stops_cleanly_with_every_acknowledged_delivery_stored(state: Pa
 def test_sigint_stops_with_exit_0(state: Path) -> None:
     served = start_serve(state)
     assert served.stop(signal.SIGINT) == 0
+
+
+def test_a_closed_terminal_sighup_stops_cleanly_writer_too(state: Path) -> None:
+    """Closing the terminal sends SIGHUP to the whole process group: serve and its writer."""
+    served = start_serve(state, new_session=True)
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", served.info.port, timeout=30,
+        context=ssl.create_default_context(cafile=str(state / "ca.pem")))
+    connection.request("POST", "/", body=sample(7), headers={"Authorization": basic()})
+    assert connection.getresponse().status == 200
+    connection.close()
+    os.killpg(served.process.pid, signal.SIGHUP)
+    assert served.wait() == 0
+    assert "Stopping" in served.stderr and "Traceback" not in served.stderr
+    with pytest.raises(ProcessLookupError):  # nothing of the group is left behind
+        for _ in range(100):
+            os.killpg(served.process.pid, 0)
+            time.sleep(0.05)
+    assert [row.event_id for row in stored(state)] == [7]
 
 
 async def test_an_empty_password_works_with_a_warning(state: Path) -> None:
