@@ -253,17 +253,32 @@ class Writer:
         self.on_replaced = on_replaced
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
+        self._wal_identity: tuple[int, int] | None = None
 
     def connect(self) -> sqlite3.Connection:
         """The connection, opened (and the store created) if need be; raises StoreError."""
         if self._conn is not None and file_identity(self.path) != self._identity:
             self.close()
+            self._remove_old_log()
             if self.on_replaced is not None:
                 self.on_replaced(f"{self.path} was removed or replaced: writing to a new store")
         if self._conn is None:
             self._conn = open_for_writing(self.path, max_pages=self.max_pages)
             self._identity = file_identity(self.path)
+            self._wal_identity = None
         return self._conn
+
+    def _remove_old_log(self) -> None:
+        """A file put in place of the store (a backup, say) must not be read through the old
+        store's -wal and -shm: SQLite would apply the old log to it and corrupt it. The -wal is
+        the old store's if it is still the file this connection wrote to; another writer that
+        noticed first has already removed it and made a new one."""
+        wal = Path(f"{self.path}-wal")
+        if self._wal_identity is not None and file_identity(wal) == self._wal_identity:
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.path}{suffix}")
+        self._wal_identity = None
 
     def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         conn = self.connect()
@@ -275,6 +290,8 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+        if self._wal_identity is None:  # the log this connection writes to (see above)
+            self._wal_identity = file_identity(Path(f"{self.path}-wal"))
         return result
 
     def close(self) -> None:

@@ -381,3 +381,29 @@ async def test_a_store_removed_while_serving_is_made_again(state: Path, removed:
     # Every 200 since is readable, by tail too.
     assert [row.event_id for row in stored(state)] == [2, 3]
     assert "STORE FAILING" not in err.getvalue()
+
+
+async def test_a_backup_put_in_place_of_the_store_is_not_corrupted(state: Path) -> None:
+    """`mv backup.db events.db` while serving: the old store's -wal must not be applied to the
+    backup (SQLite would, and the file would be malformed with every 200 since lost)."""
+    err = io.StringIO()
+    backup = state.parent / "backup.db"
+    async with running(state, stderr=err) as receiver:
+        for n in range(1, 4):
+            assert (await post(receiver, sample(n))).status == 200
+        source = sqlite3.connect(f"file:{state / 'events.db'}?mode=ro", uri=True)
+        target = sqlite3.connect(backup)
+        source.backup(target)
+        source.close()
+        target.close()
+        for n in range(4, 7):  # in the old store only
+            assert (await post(receiver, sample(n))).status == 200
+        os.replace(backup, state / "events.db")
+        assert (await post(receiver, sample(7))).status == 200
+        assert await eventually(lambda: "removed or replaced" in err.getvalue())
+    conn = sqlite3.connect(state / "events.db")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    assert [row.event_id for row in stored(state)] == [1, 2, 3, 7]
