@@ -267,7 +267,7 @@ class Receiver:
         )
         self._exit.callback(home.remove_serve_info, self.state, os.getpid())
         self.log.line(banner(options, self.state, self.url, self.creds, self.local_ca,
-                             self.ca_path))
+                             self.ca_path, show_password=_isatty(self._stderr)))
 
     def _after_store(self, saved: Saved, authorization: str | None) -> None:
         if self.forwarder is None or saved.outcome == "rejected":
@@ -325,6 +325,13 @@ def _event_loop(choice: LoopChoice) -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
 def _bind_error(host: str, port: int, exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         return (
@@ -347,13 +354,16 @@ def banner(
     creds: credentials.ResolvedCredentials,
     local_ca: certs.LocalCA | None,
     ca_path: Path | None,
+    show_password: bool = True,
 ) -> str:
     lines = [f"ot-hook {__version__}: receiving Order Time deliveries"]
     lines.append(f"  URL          {url}")
     lines.append(f"  user         {creds.user}")
-    if creds.generated:
+    if creds.generated and show_password:
         lines.append(f"  password     {creds.password}   (generated, shown once; kept in "
                      f"{state / home.PASSWORD})")
+    elif creds.generated:  # stderr is a file or a journal: the password stays out of it
+        lines.append(f"  password     generated, kept in {state / home.PASSWORD}")
     elif options.password is None and options.password_file is None:
         lines.append(f"  password     kept in {state / home.PASSWORD}")
     else:

@@ -170,6 +170,25 @@ async def test_without_credentials_a_password_is_generated_and_kept(state: Path)
         assert again.creds.password == generated
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_a_generated_password_is_shown_on_a_terminal_only(state: Path) -> None:
+    """A log file or a journal keeps what stderr says: the password stays in its 0600 file."""
+    to_file = io.StringIO()
+    async with running(state, stderr=to_file, user=None, password=None) as receiver:
+        generated = receiver.creds.password
+    assert generated not in to_file.getvalue()
+    assert f"generated, kept in {state / 'password'}" in to_file.getvalue()
+    (state / "password").unlink()
+    on_terminal = _Terminal()
+    async with running(state, stderr=on_terminal, user=None, password=None) as receiver:
+        generated = receiver.creds.password
+    assert f"password     {generated}" in on_terminal.getvalue()
+
+
 async def test_banner_names_url_ca_fingerprint_and_curl_but_not_the_password(state: Path) -> None:
     err = io.StringIO()
     async with Receiver(options(state, password="hunter2-secret"), err) as receiver:
@@ -366,3 +385,4 @@ async def test_an_ipv6_host_may_be_written_in_brackets(state: Path) -> None:
     async with running(state, host="[::1]") as receiver:
         assert receiver.url.startswith("https://[::1]:")
         assert (await post(receiver, SAMPLE)).status == 200
+
