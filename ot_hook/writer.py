@@ -443,10 +443,13 @@ class Store:
 
 
 def _child_env() -> dict[str, str]:
-    """The writer imports ot_hook from where this process did, installed or not."""
+    """The writer imports ot_hook from where this process did, installed or not. It gets no
+    OT_HOOK_ variable: it needs none (the code tables come in its first frame), and
+    OT_HOOK_PASSWORD would be readable in its /proc/PID/environ."""
     root = str(Path(ot_hook.__file__).resolve().parent.parent)
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    kept = {name: value for name, value in os.environ.items() if not name.startswith("OT_HOOK_")}
+    return {**kept, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 class _Inbox:

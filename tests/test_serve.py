@@ -386,3 +386,17 @@ async def test_an_ipv6_host_may_be_written_in_brackets(state: Path) -> None:
         assert receiver.url.startswith("https://[::1]:")
         assert (await post(receiver, SAMPLE)).status == 200
 
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+async def test_the_writer_process_is_not_given_the_password(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OT_HOOK_PASSWORD", "env-secret-12345")
+    monkeypatch.setenv("OT_HOOK_FORWARD_PASSWORD", "forward-secret-678")
+    async with running(state) as receiver:
+        assert (await post(receiver, SAMPLE)).status == 200
+        pid = receiver.store.writer_pid
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"PYTHONPATH=" in environ
+    assert b"env-secret-12345" not in environ
+    assert b"forward-secret-678" not in environ
