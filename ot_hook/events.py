@@ -8,6 +8,7 @@ object is a `NotAnEvent` (HTTP 422). Both carry a one-line reason that is safe t
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -108,6 +109,15 @@ def _reject_constant(name: str) -> Any:
     raise BadJSON(f"invalid JSON: {name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    """A fraction or exponent; one too large for a float (1e400) would become inf."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotAnEvent(f"the number {text[:40]}{'...' if len(text) > 40 else ''} "
+                         "is too large to read")
+    return value
+
+
 def decode_text(body: bytes) -> str:
     """UTF-8 with or without a byte order mark; anything else is a `BadJSON`."""
     if body.startswith(b"\xef\xbb\xbf"):
@@ -120,7 +130,7 @@ def decode_text(body: bytes) -> str:
 
 # One decoder for every delivery: json.loads with hooks would build a new one each time.
 _DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicate_keys,
-                            parse_constant=_reject_constant)
+                            parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def loads(text: str) -> Any:
@@ -209,6 +219,9 @@ def validate(obj: Any) -> AuditEvent:
         unique_id = str(unique_id)
 
     warnings: list[str] = []
+    if isinstance(unique_id, str) and type(obj["UniqueId"]) is float:
+        # Kept as text; the raw body keeps the digits as sent (a float may have rounded them).
+        warnings.append(f"UniqueId is not a whole number (read as {unique_id})")
     if codes.action_name(action_type) is None:
         warnings.append(f"unknown ActionType {action_type}")
     if codes.record_name(record_type) is None:

@@ -103,6 +103,10 @@ async def test_duplicate_id_is_answered_200_and_marked(receiver: Receiver, state
         (b'{"Id": 1,\n "ActionType": 4\n "RecordType": 7}', 400, "line 3 column 2"),
         (b'{"Id": NaN, "ActionType": 4, "RecordType": 7, "UniqueId": 1}', 400, "NaN"),
         (b'{"Id": Infinity, "ActionType": 4, "RecordType": 7, "UniqueId": 1}', 400, "Infinity"),
+        (b'{"Id": 1, "ActionType": 4, "RecordType": 7, "UniqueId": 1e400}', 422,
+         "the number 1e400 is too large to read"),
+        (b'{"Id": 1, "ActionType": 4, "RecordType": 7, "UniqueId": 1, "X": -1E999}', 422,
+         "-1E999 is too large"),
         (b"", 400, "empty body"),
         (b"\xff\xfe{}", 400, "not valid UTF-8"),
         (b'"just a string"', 422, "got a string"),
@@ -168,6 +172,7 @@ async def test_gzip_body_is_decoded_and_capped_after_decoding(state: Path) -> No
         ({"ActionType": 42}, "unknown ActionType 42"),
         ({"RecordType": 4242}, "unknown RecordType 4242"),
         ({"Extra": 1}, "extra fields: Extra"),
+        ({"UniqueId": 890.5}, "UniqueId is not a whole number (read as 890.5)"),
     ],
 )
 async def test_oddities_are_accepted_with_a_warning(
