@@ -31,7 +31,7 @@ REALM_HEADER = 'Basic realm="ot-hook", charset="UTF-8"'
 # Header names that may carry a secret are never stored, whatever their value ("auth" and
 # "pass" cover Authorization, X-Auth, X-Custom-Pass, Password...).
 SECRET_HEADER = re.compile(
-    r"auth|cookie|token|secret|pass|api-?key|signature|credential|session", re.IGNORECASE
+    r"auth|cookie|token|secret|pass|api[-_]?key|signature|credential|session", re.IGNORECASE
 )
 _QUOTED_BYTES = re.compile(r"""\s*:?\s*b['"].*""", re.DOTALL)
 _SECRET_HEADER_LINE = re.compile(

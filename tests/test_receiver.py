@@ -52,11 +52,12 @@ async def test_secret_headers_are_never_stored(receiver: Receiver, state: Path) 
     await post(receiver, SAMPLE, headers={"Cookie": "session=abc", "X-Api-Token": "tok",
                                           "Proxy-Authorization": "Basic eA==",
                                           "X-Auth": "Basic eQ==", "X-Custom-Pass": "hunter2",
-                                          "X-Session-Id": "s3ss", "X-Trace": "kept"})
+                                          "X-Session-Id": "s3ss", "X-Api_Key": "und3r",
+                                          "X-Trace": "kept"})
     [row] = stored(state)
     kept = json.dumps(row.headers).lower()
     for secret in ("authorization", "cookie", "session=abc", "x-api-token", "tok\"",
-                   basic().split()[1].lower(), "eq==", "hunter2", "s3ss"):
+                   basic().split()[1].lower(), "eq==", "hunter2", "s3ss", "und3r"):
         assert secret not in kept
     assert ("X-Trace", "kept") in row.headers
 
