@@ -269,7 +269,9 @@ async def _read_body(
         HttpProcessingError, web.RequestPayloadError, ConnectionError, asyncio.IncompleteReadError
     ) as exc:
         # A body shorter than its Content-Length, broken chunking or gzip: keep what came.
-        reason = f"the body could not be read after {size} bytes: {exc.__class__.__name__}"
+        # aiohttp's own words ("Can not decode content-encoding: gzip") are on the cause.
+        detail = getattr(exc.__cause__, "message", None) or exc.__class__.__name__
+        reason = f"the body could not be read after {size} bytes: {printable(str(detail))}"
         return b"".join(chunks), size, (400, reason)
     body = b"".join(chunks)
     if size > max_body:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TextIO
 
+from aiohttp.web import RequestPayloadError as PayloadError
+
 from ot_hook.receiver import RequestRecord, describe, without_secrets
 from ot_hook.textsafe import printable
 
@@ -87,6 +89,8 @@ class OneLineHandler(logging.Handler):
         self._log = log
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and isinstance(record.exc_info[1], PayloadError):
+            return  # a body that could not be read: its request is answered, stored and logged
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import json
 import re
 from datetime import UTC, datetime
@@ -149,6 +150,17 @@ async def test_body_over_the_limit_is_413_and_its_first_bytes_are_kept(state: Pa
     assert row.outcome == "rejected"
     assert row.body == body[:1000]
     assert row.body_size > 1000
+
+
+async def test_a_broken_gzip_body_is_one_clear_log_line(state: Path) -> None:
+    err = io.StringIO()
+    async with running(state, stderr=err) as receiver:
+        answer = await post(receiver, b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    assert answer.status == 400
+    assert "Can not decode content-encoding: gzip" in answer.text
+    [row] = stored(state)
+    assert row.outcome == "rejected" and "content-encoding: gzip" in (row.reason or "")
+    assert "Unhandled exception" not in err.getvalue()
 
 
 async def test_gzip_body_is_decoded_and_capped_after_decoding(state: Path) -> None:
