@@ -14,6 +14,7 @@ import re
 import shlex
 import signal
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,6 +170,8 @@ class Receiver:
         self.port = 0
         self.ca_path: Path | None = None
         self.user = ""
+        self.store: Store | None = None
+        self.stopped_at_once = False
 
     async def __aenter__(self) -> Receiver:
         try:
@@ -236,6 +239,7 @@ class Receiver:
             sock.close()
             raise ServeError("--forward-to points at this receiver itself: every relay would "
                              "come back and be relayed again", usage=True)
+        assert self.store is not None  # opened by _start_blocking_parts
         server = create_server(
             self.store,
             Credentials.of(self.creds.user, self.creds.password),
@@ -286,8 +290,18 @@ class Receiver:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._relaying
                 self._relaying = None
+            if self.store is not None:  # in a thread, so that stop_at_once can still come
+                await self.store.aclose()
         finally:
             self._exit.close()  # serve.json, store (commits what is queued), log, lock
+
+    def stop_at_once(self) -> None:
+        """A second stop signal: do not wait for a stuck writer (none of what it holds was
+        answered 200)."""
+        self.stopped_at_once = True
+        self.log.line("Stopping at once: deliveries in flight are not stored")
+        if self.store is not None:
+            self.store.kill_writer()
 
 
 def run(options: ServeOptions, stderr: TextIO) -> None:
@@ -296,20 +310,32 @@ def run(options: ServeOptions, stderr: TextIO) -> None:
     async def serve_until_stopped() -> None:
         async with Receiver(options, stderr) as receiver:
             await _stop_requested()
-            receiver.log.line("Stopping: finishing deliveries in flight...")
+            receiver.log.line("Stopping: finishing deliveries in flight "
+                              "(a second Ctrl-C stops at once)...")
+            _on_stop_signal(receiver.stop_at_once)
+        if receiver.stopped_at_once:
+            raise StoppedAtOnce
         print("Stopped.", file=stderr, flush=True)
 
     with _event_loop(options.loop) as runner:
         runner.run(serve_until_stopped())
 
 
+class StoppedAtOnce(Exception):
+    """serve was stopped by a second signal, without waiting for deliveries in flight."""
+
+
 async def _stop_requested() -> None:
     stop = asyncio.Event()
+    _on_stop_signal(stop.set)
+    await stop.wait()
+
+
+def _on_stop_signal(callback: Callable[[], object]) -> None:
     loop = asyncio.get_running_loop()
     for signum in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows: Ctrl-C raises
-            loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+            loop.add_signal_handler(signum, callback)
 
 
 def _event_loop(choice: LoopChoice) -> asyncio.Runner:

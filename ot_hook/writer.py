@@ -321,6 +321,18 @@ class Store:
         except (StoreError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot write the store {self.path}: {exc}") from None
 
+    async def aclose(self) -> None:
+        """`close`, in a thread: the event loop goes on (a second Ctrl-C can `kill_writer`)."""
+        import asyncio
+
+        self._detach()
+        await asyncio.to_thread(self.close)
+
+    def kill_writer(self) -> None:
+        """Stop the writer at once: what it has not committed is not acknowledged (503)."""
+        if self._process is not None:
+            self._process.kill()
+
     def close(self) -> None:
         """Send what is left, let the writer commit it and stop, then close the file."""
         if self._sock is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import io
 import os
@@ -12,8 +13,10 @@ import socket
 import ssl
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -400,3 +403,45 @@ async def test_the_writer_process_is_not_given_the_password(
     assert b"PYTHONPATH=" in environ
     assert b"env-secret-12345" not in environ
     assert b"forward-secret-678" not in environ
+
+
+def test_a_second_signal_stops_at_once_when_the_writer_is_stuck(state: Path) -> None:
+    """The first stop waits for the writer to commit what is in flight; a writer that cannot
+    (stopped, a hung disk) must not make serve unstoppable for a minute."""
+    served = start_serve(state)
+    children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children")
+    [writer] = [int(pid) for pid in children.read_text().split()]
+    context = ssl.create_default_context(cafile=str(state / "ca.pem"))
+
+    def deliver(event_id: int, timeout: float) -> int:
+        connection = http.client.HTTPSConnection("127.0.0.1", served.info.port,
+                                                 timeout=timeout, context=context)
+        try:
+            connection.request("POST", "/", body=sample(event_id),
+                               headers={"Authorization": basic()})
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    assert deliver(1, 30) == 200
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        stuck = threading.Thread(target=lambda: _swallow(deliver, 2, 10), daemon=True)
+        stuck.start()
+        time.sleep(0.5)  # the delivery is with the stopped writer
+        served.process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert served.process.poll() is None  # waiting for the writer, as it should
+        served.process.send_signal(signal.SIGTERM)
+        assert served.wait(timeout=10) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed, as it should be
+            os.kill(writer, signal.SIGCONT)
+    assert "Stopping at once" in served.stderr and "Traceback" not in served.stderr
+    assert home.read_serve_info(state) is None
+    assert stored(state)[0].event_id == 1
+
+
+def _swallow(function: Any, *args: Any) -> None:
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        function(*args)

@@ -156,5 +156,7 @@ def serve(
     except (certs.CertError, credentials.CredentialsError, state.HomeError,
             store.StoreError) as exc:
         fail(str(exc))
+    except serving.StoppedAtOnce:
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
     except KeyboardInterrupt:  # Windows, where signals do not reach the loop
         pass
