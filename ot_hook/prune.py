@@ -60,7 +60,8 @@ def prune(path: Path, before: datetime | None) -> int:
 
 
 def pending_kept(path: Path, before: datetime | None) -> int:
-    """How many deliveries prune would delete but keeps, because their relay is pending."""
+    """How many deliveries prune would delete but keeps, because their relay is pending.
+    Raises StoreError when the store cannot be read."""
     where, params = _older_than(before)
     conn = store.open_for_writing(path)
     try:
@@ -68,6 +69,8 @@ def pending_kept(path: Path, before: datetime | None) -> int:
             f"SELECT count(*) FROM deliveries WHERE {where} AND NOT ({NOT_PENDING})", params
         ).fetchone()
         return int(found[0])
+    except sqlite3.Error as exc:  # a damaged store: one line, as prune itself says it
+        raise store.StoreError(f"cannot read the store {path}: {exc}") from None
     finally:
         conn.close()
 

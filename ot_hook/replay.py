@@ -54,9 +54,14 @@ def selected(path: Path, selection: Selection) -> Iterator[store.StoredDelivery]
             "--status, --relay, or --all"
         )
     try:
-        conn = store.open_for_reading(path)
+        with tail.reading(path):  # a damaged store: one line, as tail says it
+            yield from _selected(path, selection)
     except store.StoreError as exc:
         raise ReplayError(str(exc)) from None
+
+
+def _selected(path: Path, selection: Selection) -> Iterator[store.StoredDelivery]:
+    conn = store.open_for_reading(path)
     try:
         where, params = selection.sql()
         after, last = 0, tail.last_row(conn)
@@ -82,28 +87,35 @@ def outgoing(delivery: store.StoredDelivery) -> Outgoing:
 def mark_relayed(path: Path, replayed: dict[int, int], target: str) -> int:
     """After a replay to the --forward-to target: record the deliveries it got (row -> HTTP
     status) as relayed, so that `replay --relay failed` does not send them again. Returns how
-    many relays changed. A short transaction beside a running receiver, like prune's."""
+    many relays changed. A short transaction beside a running receiver, like prune's.
+    Raises StoreError when the store cannot be written."""
     if not replayed:
         return 0
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     conn = store.open_for_writing(path)
     try:
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            changed = 0
-            for row, status in replayed.items():
-                updated = conn.execute(
-                    "UPDATE relays SET state = 'delivered', attempts = attempts + 1 "
-                    "WHERE row = ? AND target = ? AND state != 'delivered'", (row, target))
-                if updated.rowcount:
-                    changed += 1
-                    conn.execute(
-                        "INSERT INTO relay_attempts (row, attempt, attempted_at, status, millis,"
-                        " error, state) SELECT row, attempts, ?, ?, 0, 'sent by replay',"
-                        " 'delivered' FROM relays WHERE row = ?", (now, status, row))
-            return changed
+        return _mark(conn, replayed, target, now)
+    except sqlite3.Error as exc:
+        raise store.StoreError(f"cannot record the replay in the store {path}: {exc}") from None
     finally:
         conn.close()
+
+
+def _mark(conn: sqlite3.Connection, replayed: dict[int, int], target: str, now: str) -> int:
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        changed = 0
+        for row, status in replayed.items():
+            updated = conn.execute(
+                "UPDATE relays SET state = 'delivered', attempts = attempts + 1 "
+                "WHERE row = ? AND target = ? AND state != 'delivered'", (row, target))
+            if updated.rowcount:
+                changed += 1
+                conn.execute(
+                    "INSERT INTO relay_attempts (row, attempt, attempted_at, status, millis,"
+                    " error, state) SELECT row, attempts, ?, ?, 0, 'sent by replay',"
+                    " 'delivered' FROM relays WHERE row = ?", (now, status, row))
+        return changed
 
 
 def default_target(state: Path) -> str | None:
