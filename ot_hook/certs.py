@@ -53,7 +53,8 @@ def _trustme_key_type(key_type: KeyType) -> trustme.KeyType:
 
 
 def load_or_create_ca(state: Path, key_type: KeyType | None) -> LocalCA:
-    """The CA kept in `state`; a new one when there is none or another key type is asked for."""
+    """The CA kept in `state`; a new one when there is none or another key type is asked for.
+    Raises CertError (a CA that cannot be loaded) and HomeError (one that cannot be written)."""
     cert_path, key_path = state / home.CA_CERT, state / home.CA_KEY
     replaced: KeyType | None = None
     if cert_path.exists() and key_path.exists():
@@ -76,7 +77,8 @@ def load_or_create_ca(state: Path, key_type: KeyType | None) -> LocalCA:
 
 
 def issue_leaf(state: Path, local: LocalCA, hostnames: tuple[str, ...]) -> Path:
-    """Issue the server certificate for localhost and `hostnames`; returns the `server.pem` path."""
+    """Issue the server certificate for localhost and `hostnames`; returns the `server.pem` path.
+    Raises CertError, and HomeError when `server.pem` cannot be written (a full disk...)."""
     names = list(dict.fromkeys((*DEFAULT_NAMES, *hostnames)))
     try:
         leaf = local.ca.issue_cert(

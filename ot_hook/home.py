@@ -54,8 +54,12 @@ def ensure_home(path: Path) -> Path:
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     """Write to a temporary file with `mode` and rename it over `path`, so that nobody ever
-    reads half a file or a key with the wrong permissions."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    reads half a file or a key with the wrong permissions. Raises HomeError (a full disk, a
+    directory in the way...), and then `path` is as it was."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise HomeError(_cannot_write(path, exc)) from None
     try:
         if hasattr(os, "fchmod"):  # not on Windows
             os.fchmod(fd, mode)
@@ -64,10 +68,16 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise HomeError(_cannot_write(path, exc)) from None
         raise
+
+
+def _cannot_write(path: Path, exc: OSError) -> str:
+    return f"cannot write {path}: {exc.strerror or exc}"
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -83,10 +93,18 @@ def write_public(path: Path, data: bytes) -> None:
 
 
 def read_password(state: Path) -> str | None:
+    """The password serve generated and kept in `state`; None when there is none. Raises
+    HomeError when there is one that cannot be read."""
+    path = state / PASSWORD
     try:
-        return (state / PASSWORD).read_text(encoding="utf-8").strip() or None
+        return path.read_text(encoding="utf-8").strip() or None
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise HomeError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise HomeError(f"cannot read {path}: it is not the password ot-hook wrote (not "
+                        "UTF-8); remove it to have serve make a new one") from None
 
 
 def load_or_create_password(state: Path) -> tuple[str, bool]:
