@@ -29,6 +29,24 @@ UserOption = Annotated[
     str | None,
     typer.Option("--user", "-u", envvar="OT_HOOK_USER", help="Basic Auth user name."),
 ]
+
+
+def _mark_environment_password(
+    ctx: typer.Context, param: typer.CallbackParam, value: str | None
+) -> str | None:
+    """Tell a password from OT_HOOK_PASSWORD from one given with --password: a flag
+    (--password-file) wins over the environment, while two flags are refused."""
+    from typer._click.core import ParameterSource
+
+    from ot_hook.credentials import FromEnvironment
+
+    if value is not None and param.name is not None and (
+        ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT
+    ):
+        return FromEnvironment(value)
+    return value
+
+
 PasswordOption = Annotated[
     str | None,
     typer.Option(
@@ -37,6 +55,7 @@ PasswordOption = Annotated[
         help="Basic Auth password. Prefer OT_HOOK_PASSWORD or --password-file: "
         "a password on the command line is visible in the process list.",
         show_envvar=True,
+        callback=_mark_environment_password,
     ),
 ]
 PasswordFileOption = Annotated[

@@ -1,18 +1,29 @@
 """Where the user name and password come from, the same way for `serve` and `send-sample`:
-an option, the environment (handled by the CLI), a password file, or the password `serve`
-generated and kept in the state directory.
+an option, a password file, the environment (handled by the CLI), or the password `serve`
+generated and kept in the state directory. A flag wins over the environment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ot_hook import home
+
+T = TypeVar("T")
 
 
 class CredentialsError(Exception):
     """Credentials cannot be found or read; the message is one line and never the secret."""
+
+
+class FromEnvironment(str):
+    """A password the CLI took from OT_HOOK_PASSWORD, not from --password: an explicit
+    --password-file wins over it."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -23,9 +34,10 @@ class ResolvedCredentials:
 
 
 def read_password_file(path: Path) -> str:
-    """The first line of a password file, without its line ending (spaces are kept)."""
+    """The first line of a password file, without its line ending (spaces are kept) or the
+    byte order mark some Windows editors put first."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a leading BOM is not the password
     except FileNotFoundError:
         raise CredentialsError(f"password file {path} does not exist") from None
     except IsADirectoryError:
@@ -36,11 +48,19 @@ def read_password_file(path: Path) -> str:
 
 
 def _explicit_password(password: str | None, password_file: Path | None) -> str | None:
-    if password is not None and password_file is not None:
-        raise CredentialsError("give either --password (or OT_HOOK_PASSWORD) or --password-file")
     if password_file is not None:
+        if password is not None and not isinstance(password, FromEnvironment):
+            raise CredentialsError("give either --password or --password-file, not both")
         return read_password_file(password_file)
-    return password
+    return str(password) if password is not None else None  # a plain str from here on
+
+
+def _kept(read: Callable[[], T]) -> T:
+    """What the state directory keeps, or CredentialsError saying why it cannot be had."""
+    try:
+        return read()
+    except home.HomeError as exc:
+        raise CredentialsError(str(exc)) from None
 
 
 def _check_user(user: str) -> str:
@@ -57,7 +77,7 @@ def for_serve(
     explicit = _explicit_password(password, password_file)
     if explicit is not None:
         return ResolvedCredentials(chosen_user, explicit)
-    generated, is_new = home.load_or_create_password(state)
+    generated, is_new = _kept(lambda: home.load_or_create_password(state))
     return ResolvedCredentials(chosen_user, generated, generated=is_new)
 
 
@@ -77,7 +97,7 @@ def for_sender(
             f"the receiver running on {state} (pid {info.pid}) was given its own password: "
             "pass the same with OT_HOOK_PASSWORD or --password-file"
         )
-    kept = home.read_password(state)
+    kept = _kept(lambda: home.read_password(state))
     if kept is None:
         raise CredentialsError(
             "no password: pass --password-file, set OT_HOOK_PASSWORD, or use the --home "
