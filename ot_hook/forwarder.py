@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import aiohttp
 
 from ot_hook import store
-from ot_hook.sender import retry_after
+from ot_hook.sender import read_start, retry_after
 from ot_hook.writer import Store
 
 # Attempts after the first, for connection errors, timeouts, 429 and 5xx: with the backoff
@@ -126,7 +126,8 @@ class Forwarder:
         connector = aiohttp.TCPConnector(ssl=self._target.ssl, limit=CONCURRENCY)
         try:
             async with aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+                connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+                auto_decompress=False,  # the answer's body is never looked at
             ) as session:
                 while True:
                     self._wake.clear()
@@ -191,7 +192,9 @@ class Forwarder:
         lasting = False
         try:
             async with session.post(self._target.url, data=relay.body, headers=headers) as answer:
-                await answer.read()
+                # Only the status counts; the start of the body is read so that a short
+                # answer leaves the connection for the next relay, a long one is cut off.
+                await read_start(answer)
                 status = answer.status
                 hinted = retry_after(answer.headers.get("Retry-After"))
         except TimeoutError:

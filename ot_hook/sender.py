@@ -39,6 +39,9 @@ DEFAULT_URL = "https://127.0.0.1:8443/"
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubled for each one after
 BACKOFF_MAX = 8.0
 RETRY_AFTER_MAX = 60.0  # a Retry-After longer than this is cut short, not obeyed blindly
+# Bytes read from the start of an answer's body: only its first line is shown, and a target
+# streaming gigabytes must not be held in memory. The rest is never read.
+ANSWER_LIMIT = 64 * 1024
 
 
 class SendError(Exception):
@@ -353,6 +356,23 @@ def backoff(attempt: int, hinted: float | None) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
+async def read_start(
+    response: aiohttp.ClientResponse, limit: int = ANSWER_LIMIT
+) -> tuple[bytes, bool]:
+    """At most `limit` bytes from the start of the answer's body, and whether it went on.
+    An answer that went on is closed, unread: its connection is never reused."""
+    data = bytearray()
+    while len(data) <= limit:  # one byte past the limit tells a longer answer from an equal one
+        chunk = await response.content.read(limit + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    if len(data) <= limit:
+        return bytes(data), False
+    response.close()
+    return bytes(data[:limit]), True
+
+
 def _first_line(text: str, limit: int = 200) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line[:limit]
@@ -436,7 +456,8 @@ class Sender:
             async with session.post(
                 self.target.url, data=delivery.body, headers=headers, allow_redirects=False
             ) as response:
-                text = (await response.read()).decode("utf-8", "replace")
+                start, _ = await read_start(response)
+                text = start.decode("utf-8", "replace")
                 message = _first_line(text) or (response.reason or "")
                 if 300 <= response.status < 400 and "Location" in response.headers:
                     message = f"redirected to {response.headers['Location']}; send there instead"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from aiohttp import web
 from ot_hook import home
 from ot_hook.forwarder import outcome_of
 from ot_hook.serve import ForwardOptions
+from tests.streaming import HUGE, Streaming
 from tests.support import basic, post, running, sample, stored
 
 
@@ -40,15 +41,24 @@ class App:
 
 @asynccontextmanager
 async def user_app(app: App, port: int = 0) -> AsyncIterator[App]:
+    async with serving(app.handle, port) as url:
+        app.url = url
+        yield app
+
+
+@asynccontextmanager
+async def serving(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], port: int = 0
+) -> AsyncIterator[str]:
+    """`handler` as the app's webhook on 127.0.0.1; yields its URL."""
     web_app = web.Application()
-    web_app.router.add_post("/ordertime-webhook", app.handle)
-    runner = web.AppRunner(web_app, access_log=None)
+    web_app.router.add_post("/ordertime-webhook", handler)
+    runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    app.url = f"http://127.0.0.1:{site.port}/ordertime-webhook"
     try:
-        yield app
+        yield f"http://127.0.0.1:{site.port}/ordertime-webhook"
     finally:
         await runner.cleanup()
 
@@ -185,6 +195,20 @@ async def test_each_record_keeps_its_arrival_order_under_concurrency(state: Path
 
 def rows_by_body(rows: dict[int, object], body: bytes) -> int:
     return next(n for n, row in rows.items() if row.body == body)  # type: ignore[attr-defined]
+
+
+async def test_a_huge_answer_is_cut_off_after_its_start(state: Path) -> None:
+    stream = Streaming()
+    async with serving(stream.handle) as url, running(state, forward=ForwardOptions(url)) as r:
+        # One record: the second relay goes after the first, when its connection is closed.
+        await post(r, sample(1))
+        await post(r, sample(2))
+        await until(lambda: [s for _, s, _ in relay_rows(state)] == ["delivered"] * 2)
+        sent = await stream.stopped(2)
+    assert attempts(state) == [(1, 1, 200, None, "delivered"), (2, 1, 200, None, "delivered")]
+    # The relay hung up after the start, long before the end (the rest is still in the
+    # sockets' buffers, a few MB at most), instead of reading all 50 MB into memory.
+    assert all(n < HUGE for n in sent), sent
 
 
 def test_outcome_policy() -> None:

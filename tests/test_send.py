@@ -29,6 +29,7 @@ from ot_hook.commands.send import Report
 from ot_hook.exitcodes import ExitCode
 from ot_hook.serve import Receiver
 from ot_hook.terminal import Terminal
+from tests.streaming import HUGE, Streaming
 from tests.support import PASSWORD, USER, ot_hook_command, stored
 
 WAIT = 20  # seconds: the bound on every wait in this file
@@ -402,6 +403,52 @@ async def test_other_4xx_are_never_retried(tmp_path: Path) -> None:
     async with tls_app(tmp_path, refusing) as server:
         summary = await send_events(target_for(server), retries=3)
         assert server.requests == 1 and summary.exit_code == ExitCode.HTTP_ERROR
+
+
+async def test_a_huge_answer_is_cut_off_after_its_start(tmp_path: Path) -> None:
+    stream = Streaming(status=500, first=b"too much\nand more")
+    async with tls_app(tmp_path, stream.handle) as server:
+        summary = await send_events(target_for(server), 2)
+        sent = await stream.stopped(2)
+    assert server.requests == 2  # the cut-off connection was not used for the second one
+    assert summary.failures == {sender.Failure.HTTP: (2, "too much")}
+    # The sender hung up after the start, long before the end (the rest is still in the
+    # sockets' buffers, a few MB at most), instead of reading all 50 MB into memory.
+    assert all(n < HUGE for n in sent), sent
+
+
+async def test_the_start_read_is_bounded_and_says_when_it_was_cut(tmp_path: Path) -> None:
+    import aiohttp
+
+    stream = Streaming(first=b"y" * 100)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.query.get("short"):
+            return web.Response(text="z" * 1000)  # exactly the limit: not cut
+        return await stream.handle(request)
+
+    async with tls_app(tmp_path, answer) as server, aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=target_for(server).ssl)
+    ) as session:
+        async with session.post(server.url, data=b"{}") as response:
+            start = await sender.read_start(response, 1000)
+        async with session.post(server.url + "?short=1", data=b"{}") as response:
+            short = await sender.read_start(response, 1000)
+    assert start == (b"y" * 100 + b"x" * 900, True)
+    assert short == (b"z" * 1000, False)
+
+
+async def test_an_answer_that_stalls_after_its_start_times_out(tmp_path: Path) -> None:
+    async def stalling(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=500)
+        await response.prepare(request)
+        await response.write(b"partial\n")
+        await asyncio.sleep(WAIT)
+        return response
+
+    async with tls_app(tmp_path, stalling) as server:
+        summary = await send_events(target_for(server), timeout=0.5)
+    assert set(summary.failures) == {sender.Failure.TIMEOUT}
 
 
 async def test_connection_refused_names_the_addresses_tried(
