@@ -25,6 +25,7 @@ import aiohttp
 
 from ot_hook import store
 from ot_hook.sender import read_start, retry_after
+from ot_hook.textsafe import printable
 from ot_hook.writer import Store
 
 # Attempts after the first, for connection errors, timeouts, 429 and 5xx: with the backoff
@@ -250,7 +251,8 @@ def _reason(error: BaseException) -> str:
 
 def describe(result: AttemptResult) -> str:
     """A status line for serve's log."""
-    got = f"{result.status}" if result.status is not None else result.error or "no answer"
+    got = (f"{result.status}" if result.status is not None
+           else printable(result.error or "no answer"))  # an error may quote the app
     line = f"relay row {result.row} attempt {result.attempt}: {got} ({result.millis:.0f} ms)"
     if result.state == "pending" and result.retry_in is not None:
         return f"{line}, retrying in {result.retry_in:.1f} s"

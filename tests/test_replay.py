@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,6 +66,41 @@ def test_the_targets_answers_are_reported_and_failures_exit_non_zero(
     assert code == 6, err
     assert [json.loads(line)["status"] for line in out.splitlines()] == [500, 200]
     assert len(received) == 2
+
+
+@contextmanager
+def answering(status: int, body: bytes) -> Iterator[str]:
+    """A plain-HTTP app on a free loopback port that answers every POST with `body`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_targets_escapes_are_shown_not_obeyed(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    with answering(500, b"\x1b]0;pwned\x07\x1b[2J\x1b[31mEVIL") as url:
+        code, out, err = replay(capsys, filled, "--row", "1", "--to", url)
+    assert code == 6, err
+    assert "HTTP error x1: \\x1b]0;pwned\\x07\\x1b[2J\\x1b[31mEVIL" in err.splitlines()
+    assert "\x1b" not in err + out and "\x07" not in err + out
 
 
 def test_default_target_is_the_running_receivers_forward_to(

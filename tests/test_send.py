@@ -451,6 +451,37 @@ async def test_an_answer_that_stalls_after_its_start_times_out(tmp_path: Path) -
     assert set(summary.failures) == {sender.Failure.TIMEOUT}
 
 
+ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[31mEVIL"  # sets the title, clears the screen, red
+SHOWN = "\\x1b]0;pwned\\x07\\x1b[2J\\x1b[31mEVIL"  # as printable() shows it
+
+
+async def test_the_summary_shows_a_servers_escapes_instead_of_obeying_them(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    async def evil(request: web.Request) -> web.Response:
+        return web.Response(status=500, text=ESCAPES)
+
+    async with tls_app(tmp_path, evil) as server:
+        run = await send(capsys, tmp_path, server.url, "--cacert", str(server.ca))
+    assert run.code == ExitCode.HTTP_ERROR
+    assert f"HTTP error x1: {SHOWN}" in run.err.splitlines()
+    assert "\x1b" not in run.err + run.out and "\x07" not in run.err + run.out
+    assert run.json_lines()[0]["message"] == ESCAPES  # JSON keeps the text, escaped by JSON
+
+
+def test_a_terminal_summary_shows_a_servers_escapes_instead_of_obeying_them() -> None:
+    out = io.StringIO()
+    report = Report(Terminal(stdout=out, stdout_isatty=True, no_color=True), 1, False)
+    delivery = sender.Outgoing.of(samples.body(samples.default_event(5, datetime.now(UTC))))
+    result = sender.Result(0, delivery, 500, sender.Failure.HTTP, ESCAPES, 3.2, 1)
+    with report:
+        report.result(result)
+    report.summary(sender.Summary.of([result], 0.1))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # the report's own colours
+    assert "\x1b" not in text and "\x07" not in text
+    assert text.splitlines()[-1] == f"HTTP error x1: {SHOWN}"
+
+
 async def test_connection_refused_names_the_addresses_tried(
     capsys: pytest.CaptureFixture[str], state: Path, receiver: Receiver
 ) -> None:

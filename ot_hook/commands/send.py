@@ -295,11 +295,13 @@ class Report:
             self.console.print(describe(result), style="green" if result.ok else "red")
 
     def summary(self, summary: Summary) -> None:
+        # A failure's line quotes the server's answer: shown escaped, as in describe().
+        lines = [printable(line) for line in summary.lines()]
         if self.console is None:
-            for line in summary.lines():
+            for line in lines:
                 self.terminal.status(line)
             return
-        for line in summary.lines():
+        for line in lines:
             self.console.print(line, style="bold" if line.startswith("sent") else None)
 
 
