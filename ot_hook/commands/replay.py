@@ -24,6 +24,7 @@ from ot_hook.cliutil import (
     resolve_home,
 )
 from ot_hook.exitcodes import ExitCode
+from ot_hook.store import StoreError
 from ot_hook.terminal import Terminal
 
 if TYPE_CHECKING:
@@ -155,7 +156,11 @@ def replay(
     code = send_and_report(target, options, outgoing, len(chosen), terminal, json_output,
                            after=note)
     # Only relays whose target is this destination change: a replay elsewhere leaves them.
-    changed = replaying.mark_relayed(state / home_files.STORE, delivered, destination)
+    try:
+        changed = replaying.mark_relayed(state / home_files.STORE, delivered, destination)
+    except StoreError as exc:  # what was sent is sent: keep the send's exit code
+        terminal.status(f"ot-hook: warning: sent, but not marked as relayed: {exc}")
+        changed = 0
     if changed:
         terminal.status(f"marked {changed} relays to {destination} as delivered")
     raise typer.Exit(int(code))
