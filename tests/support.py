@@ -229,11 +229,18 @@ def recording_app(statuses: list[int] | None = None) -> Iterator[tuple[str, list
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with http_app(Handler) as url:
+        yield url.rstrip("/"), received
+
+
+@contextmanager
+def http_app(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` served over plain HTTP on a free loopback port, in a thread; yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
     finally:
         server.shutdown()
         server.server_close()

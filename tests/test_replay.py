@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from tests.support import (
     PASSWORD,
     USER,
     basic,
+    http_app,
     post_sync,
     recording_app,
     running_in_thread,
@@ -83,14 +83,8 @@ def answering(status: int, body: bytes) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_app(Handler) as url:
+        yield url
 
 
 def test_a_targets_escapes_are_shown_not_obeyed(
