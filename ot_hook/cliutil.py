@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -128,3 +129,15 @@ def reader_gone(stream: object) -> bool:
 
 def no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
+
+
+def one_of(*words: str) -> Callable[[str], list[str]]:
+    """Shell completion for an option that takes one of a few fixed words."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [word for word in words if word.startswith(incomplete.lower())]
+
+    return complete
+
+
+OUTCOMES = one_of("accepted", "duplicate", "rejected")

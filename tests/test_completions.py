@@ -63,6 +63,15 @@ def test_bash_completes_commands_and_options() -> None:
     assert "--no-follow" in complete_in_bash("ot-hook tail --no")
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+def test_bash_completes_the_fixed_values_of_options() -> None:
+    assert complete_in_bash("ot-hook serve --loop ") == ["auto", "asyncio", "uvloop"]
+    assert complete_in_bash("ot-hook serve --key-type r") == ["rsa"]
+    assert complete_in_bash("ot-hook tail --status d") == ["duplicate"]
+    assert complete_in_bash("ot-hook replay --status ") == ["accepted", "duplicate", "rejected"]
+    assert complete_in_bash("ot-hook replay --relay f") == ["failed"]
+
+
 def test_completion_loads_no_network_library() -> None:
     probe = (
         "import os, sys\n"

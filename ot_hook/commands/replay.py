@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ot_hook.cliutil import (
+    OUTCOMES,
     HomeOption,
     InsecureOption,
     PasswordFileOption,
@@ -21,6 +22,7 @@ from ot_hook.cliutil import (
     UserOption,
     discard_stdout,
     fail,
+    one_of,
     resolve_home,
 )
 from ot_hook.exitcodes import ExitCode
@@ -67,12 +69,14 @@ def replay(
         list[str] | None, typer.Option(help="RecordType code or name (repeatable).")
     ] = None,
     status: Annotated[
-        list[str] | None, typer.Option(help="accepted, duplicate or rejected (repeatable).")
+        list[str] | None, typer.Option(help="accepted, duplicate or rejected (repeatable).",
+                                       autocompletion=OUTCOMES)
     ] = None,
     relay: Annotated[
         list[str] | None,
         typer.Option(help="Deliveries whose serve --forward-to relay is pending, delivered or "
-                     "failed (repeatable): --relay failed resends what your app missed."),
+                     "failed (repeatable): --relay failed resends what your app missed.",
+                     autocompletion=one_of("pending", "delivered", "failed")),
     ] = None,
     everything: Annotated[
         bool, typer.Option("--all", help="Every stored delivery.")

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from ot_hook.cliutil import HomeOption, PasswordFileOption, PasswordOption, UserOption, fail
+from ot_hook.cliutil import (
+    HomeOption,
+    PasswordFileOption,
+    PasswordOption,
+    UserOption,
+    fail,
+    one_of,
+)
 from ot_hook.exitcodes import ExitCode
 
 EPILOG = """Examples:
@@ -56,7 +63,7 @@ def serve(
             "--key-type",
             help="ecdsa or rsa (for older TLS stacks). A new state directory gets ecdsa; "
             "an existing one keeps its CA's type unless told otherwise.",
-            show_default=False,
+            show_default=False, autocompletion=one_of("ecdsa", "rsa"),
         ),
     ] = None,
     home: HomeOption = None,
@@ -117,7 +124,8 @@ def serve(
         bool, typer.Option("--quiet", "-q", help="No line per request; only the banner.")
     ] = False,
     loop: Annotated[
-        str, typer.Option(help="Event loop: auto (uvloop when installed), asyncio or uvloop.")
+        str, typer.Option(help="Event loop: auto (uvloop when installed), asyncio or uvloop.",
+                          autocompletion=one_of("auto", "asyncio", "uvloop"))
     ] = "auto",
 ) -> None:
     """Receive Order Time deliveries over HTTPS, with Basic Auth, and store every one."""

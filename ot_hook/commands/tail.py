@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from ot_hook.cliutil import HomeOption, discard_stdout, fail, reader_gone, resolve_home
+from ot_hook.cliutil import (
+    OUTCOMES,
+    HomeOption,
+    discard_stdout,
+    fail,
+    reader_gone,
+    resolve_home,
+)
 from ot_hook.exitcodes import ExitCode
 
 EPILOG = """Examples:
@@ -65,7 +72,7 @@ def tail(
     status: Annotated[
         list[str] | None,
         typer.Option("--status", help="accepted, duplicate or rejected (repeatable).",
-                     show_default=False),
+                     show_default=False, autocompletion=OUTCOMES),
     ] = None,
     since: Annotated[
         str | None,
