@@ -18,6 +18,10 @@ T = TypeVar("T")
 class CredentialsError(Exception):
     """Credentials cannot be found or read; the message is one line and never the secret."""
 
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage  # flags that contradict each other: a usage error (exit 2)
+
 
 class FromEnvironment(str):
     """A password the CLI took from OT_HOOK_PASSWORD, not from --password: an explicit
@@ -50,7 +54,8 @@ def read_password_file(path: Path) -> str:
 def _explicit_password(password: str | None, password_file: Path | None) -> str | None:
     if password_file is not None:
         if password is not None and not isinstance(password, FromEnvironment):
-            raise CredentialsError("give either --password or --password-file, not both")
+            raise CredentialsError("give either --password or --password-file, not both",
+                                   usage=True)
         return read_password_file(password_file)
     return str(password) if password is not None else None  # a plain str from here on
 

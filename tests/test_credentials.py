@@ -63,11 +63,12 @@ def test_password_and_password_file_flags_together_are_refused(
             monkeypatch.delenv("OT_HOOK_PASSWORD", raising=False)
         else:
             monkeypatch.setenv("OT_HOOK_PASSWORD", environment)
-        code = main(["serve", "--home", str(state), "--port", "0", "--password", "x",
-                     "--password-file", str(secret)])
-        assert code == 1
-        err = capsys.readouterr().err
-        assert err == "ot-hook: error: give either --password or --password-file, not both\n"
+        for command in (["serve", "--port", "0"], ["send-sample"]):
+            code = main([*command, "--home", str(state), "--password", "x",
+                         "--password-file", str(secret)])
+            assert code == 2  # flags that contradict each other: a usage error
+            err = capsys.readouterr().err
+            assert err == "ot-hook: error: give either --password or --password-file, not both\n"
 
 
 def test_the_environment_alone_is_still_the_password(tmp_path: Path) -> None:

@@ -214,6 +214,6 @@ def _target(
                                   allow_http=True)
         return replace(anonymous, authorization=None)  # the user's app may want none
     except credentials.CredentialsError as exc:
-        fail(str(exc))
+        fail(str(exc), ExitCode.USAGE if exc.usage else ExitCode.ERROR)
     except sender.SendError as exc:
         fail(str(exc), exc.code)

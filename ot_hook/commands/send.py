@@ -213,7 +213,7 @@ def _target(
         return sender.target(chosen_url, creds.user, creds.password, state=state,
                              cacert=cacert, insecure=insecure, allow_http=allow_http)
     except credentials.CredentialsError as exc:
-        fail(str(exc))
+        fail(str(exc), ExitCode.USAGE if exc.usage else ExitCode.ERROR)
     except sender.SendError as exc:
         fail(str(exc), exc.code)
 

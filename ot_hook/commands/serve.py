@@ -159,9 +159,9 @@ def serve(
     )
     try:
         serving.run(options, sys.stderr)
-    except serving.ServeError as exc:
+    except (serving.ServeError, credentials.CredentialsError) as exc:
         fail(str(exc), ExitCode.USAGE if exc.usage else ExitCode.ERROR)
-    except (certs.CertError, credentials.CredentialsError, state.HomeError,
+    except (certs.CertError, state.HomeError,
             store.StoreError) as exc:
         fail(str(exc))
     except serving.StoppedAtOnce:
