@@ -30,6 +30,7 @@ class StatusLog:
         self._queue: queue.Queue[str | None] = queue.Queue(QUEUE_LINES)
         self._dropped = 0
         self._store_failing = False
+        self._stopping_at_once = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ot-hook-log", daemon=True)
         self._thread.start()
@@ -45,7 +46,9 @@ class StatusLog:
     def request(self, record: RequestRecord) -> None:
         # A store that stops (or starts again) taking writes is said even with --quiet.
         failing = record.outcome == "unavailable"
-        if failing != self._store_failing and (failing or record.row is not None):
+        if self._stopping_at_once:  # the writer was stopped on purpose: nothing is failing
+            pass
+        elif failing != self._store_failing and (failing or record.row is not None):
             self._store_failing = failing
             self.line(
                 f"{_now()} STORE FAILING: {record.reason}; answering 503 until it can be written"
@@ -53,6 +56,10 @@ class StatusLog:
             )
         if not self._quiet:
             self.line(format_request(record))
+
+    def stopping_at_once(self) -> None:
+        self.line("Stopping at once: deliveries in flight are not stored")
+        self._stopping_at_once = True
 
     def plain_http(self, remote: str | None) -> None:
         if not self._quiet:

@@ -299,7 +299,7 @@ class Receiver:
         """A second stop signal: do not wait for a stuck writer (none of what it holds was
         answered 200)."""
         self.stopped_at_once = True
-        self.log.line("Stopping at once: deliveries in flight are not stored")
+        self.log.stopping_at_once()
         if self.store is not None:
             self.store.kill_writer()
 

@@ -417,7 +417,8 @@ class Store:
         self._frames = Frames()
         self._outbox.clear()
         self._stopped_at = time.monotonic()
-        error = StoreUnavailable(f"the store's writer stopped (exit status {status})")
+        how = "" if status is None else f" (exit status {status})"
+        error = StoreUnavailable(f"the store's writer stopped{how}")
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():

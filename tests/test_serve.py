@@ -438,6 +438,7 @@ def test_a_second_signal_stops_at_once_when_the_writer_is_stuck(state: Path) -> 
         with contextlib.suppress(ProcessLookupError):  # killed, as it should be
             os.kill(writer, signal.SIGCONT)
     assert "Stopping at once" in served.stderr and "Traceback" not in served.stderr
+    assert "STORE FAILING" not in served.stderr  # the writer was stopped on purpose
     assert home.read_serve_info(state) is None
     assert stored(state)[0].event_id == 1
 
