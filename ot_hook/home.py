@@ -113,6 +113,8 @@ def load_or_create_password(state: Path) -> tuple[str, bool]:
     if existing is not None:
         return existing, False
     password = secrets.token_urlsafe(18)
+    while password.startswith("-"):  # it would pass for an option in a shell command
+        password = secrets.token_urlsafe(18)
     write_private(state / PASSWORD, (password + "\n").encode())
     return password, True
 

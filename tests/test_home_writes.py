@@ -101,3 +101,13 @@ def test_a_kept_password_that_is_not_utf8_is_one_line(
     (state / home.PASSWORD).write_bytes(b"\xff\xfe garbage\n")
     assert main(["serve", "--home", str(state), "--port", "0"]) == 1
     assert "not UTF-8" in _one_line_error(capsys.readouterr().err)
+
+
+def test_a_generated_password_never_starts_with_a_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'-4pio...' would pass for an option in `curl -u demo:$P` or `grep "$P"`."""
+    made = iter(["-4pioYLZDyfQCa4_eN2U5KIu", "4pioYLZDyfQCa4_eN2U5KIu-"])
+    monkeypatch.setattr(home.secrets, "token_urlsafe", lambda size: next(made))
+    password, is_new = home.load_or_create_password(home.ensure_home(tmp_path / "state"))
+    assert is_new and password == "4pioYLZDyfQCa4_eN2U5KIu-"
