@@ -261,7 +261,8 @@ class Writer:
             self.close()
             self._remove_old_log()
             if self.on_replaced is not None:
-                self.on_replaced(f"{self.path} was removed or replaced: writing to a new store")
+                self.on_replaced(f"{self.path} was removed or replaced: storing in the file "
+                                 "now there (what was stored before is not in it)")
         if self._conn is None:
             self._conn = open_for_writing(self.path, max_pages=self.max_pages)
             self._identity = file_identity(self.path)
