@@ -347,6 +347,15 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def _broke(exc: aiohttp.ClientError) -> str:
+    """The error's name, and its words when they are words: a ServerDisconnectedError carries
+    aiohttp's parsed message object, a dump of its internals."""
+    text = str(exc)
+    if not text or text.startswith("<"):
+        return exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"
+
+
 def backoff(attempt: int, hinted: float | None) -> float:
     """Seconds to wait before attempt `attempt + 1`: the server's Retry-After when it gave one,
     else exponential with jitter, so that many senders do not retry in step."""
@@ -479,8 +488,7 @@ class Sender:
                             " (--timeout)")
         except aiohttp.ClientError as exc:  # the connection broke after it was made
             return _Attempt(None, Failure.CONNECTION,
-                            f"connection to {self._where()} broke: {exc.__class__.__name__}"
-                            + (f": {exc}" if str(exc) else ""))
+                            f"connection to {self._where()} broke: {_broke(exc)}")
 
     def _where(self) -> str:
         return f"{self._host} port {self._port}"

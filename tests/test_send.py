@@ -616,3 +616,16 @@ def test_an_empty_array_file_is_bad_input(
     code = main(["send-sample", "--home", str(state), "-f", str(empty)])
     assert code == 7
     assert "empty array" in capsys.readouterr().err
+
+
+def test_a_broken_connection_is_named_without_aiohttp_internals() -> None:
+    import aiohttp
+
+    from ot_hook.sender import _broke
+
+    dumped = aiohttp.ServerDisconnectedError("<RawResponseMessage(version=HttpVersion(...))>")
+    assert _broke(dumped) == "ServerDisconnectedError"
+    plain = aiohttp.ServerDisconnectedError()
+    assert _broke(plain) == "ServerDisconnectedError: Server disconnected"
+    assert _broke(aiohttp.ClientPayloadError("Response payload is not completed")) == \
+        "ClientPayloadError: Response payload is not completed"
