@@ -14,6 +14,7 @@ import re
 import shlex
 import signal
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,8 @@ from ot_hook.listener import PeekingTLSSite, bind
 from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, create_server
 from ot_hook.requestlog import StatusLog, aiohttp_errors_to
 from ot_hook.sender import is_loopback
-from ot_hook.store import Saved
+from ot_hook.store import Saved, damage
+from ot_hook.textsafe import printable
 from ot_hook.writer import Store
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
@@ -172,6 +174,7 @@ class Receiver:
         self.user = ""
         self.store: Store | None = None
         self.stopped_at_once = False
+        self.store_check: threading.Thread | None = None
 
     async def __aenter__(self) -> Receiver:
         try:
@@ -270,6 +273,11 @@ class Receiver:
             ),
         )
         self._exit.callback(home.remove_serve_info, self.state, os.getpid())
+        # A damaged store still takes deliveries (SQLite finds damage only on the pages it
+        # touches) but tail and replay cannot read it: say so, without delaying the start.
+        self.store_check = threading.Thread(target=self._check_store, name="ot-hook-check",
+                                            daemon=True)
+        self.store_check.start()
         self.log.line(banner(options, self.state, self.url, self.creds, self.local_ca,
                              self.ca_path, show_password=_isatty(self._stderr)))
 
@@ -294,6 +302,13 @@ class Receiver:
                 await self.store.aclose()
         finally:
             self._exit.close()  # serve.json, store (commits what is queued), log, lock
+
+    def _check_store(self) -> None:
+        problem = damage(self.state / home.STORE)
+        if problem is not None:
+            self.log.line(f"WARNING: the store {self.state / home.STORE} is damaged "
+                          f"({printable(problem)}): deliveries are still stored, but tail and "
+                          "replay may not read them; stop serve and move the file aside")
 
     def stop_at_once(self) -> None:
         """A second stop signal: do not wait for a stuck writer (none of what it holds was

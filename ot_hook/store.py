@@ -311,6 +311,22 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
+def damage(path: Path) -> str | None:
+    """What SQLite's quick_check finds wrong with the store, or None when it is whole. Reads
+    every page: run it off the event loop (a reader never holds up the writer in WAL mode)."""
+    try:
+        conn = open_for_reading(path)
+    except StoreError as exc:
+        return str(exc)
+    try:
+        (first,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        conn.close()
+    return None if first == "ok" else str(first)
+
+
 def first_accepted_sql(count: int) -> str:
     """The first accepted row of each of `count` event Ids (through the partial index)."""
     return (

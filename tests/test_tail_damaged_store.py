@@ -3,6 +3,7 @@ say so in one line and exit 1, whichever read finds the damage, never with a tra
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import shutil
@@ -15,7 +16,7 @@ from ot_hook import home, replay, store, tail
 from ot_hook import prune as pruning
 from ot_hook.cli import main
 from ot_hook.terminal import Terminal
-from tests.support import post_sync, running_in_thread, sample
+from tests.support import post, post_sync, running, running_in_thread, sample
 
 MALFORMED = "database disk image is malformed"
 
@@ -195,3 +196,25 @@ def test_recording_a_replay_in_a_store_that_cannot_take_it_is_a_store_error(
         conn.execute("INSERT INTO relays VALUES (1, 'http://app/', '7:890', 'failed', 1, 0)")
     with pytest.raises(store.StoreError, match=r"cannot record the replay.*relay_attempts"):
         replay.mark_relayed(state / home.STORE, {1: 200}, "http://app/")
+
+
+async def test_serve_on_a_damaged_store_says_so_and_still_takes_deliveries(
+    damaged: Path,
+) -> None:
+    err = io.StringIO()
+    async with running(damaged, stderr=err) as receiver:
+        assert (await post(receiver, sample(9001))).status == 200
+        assert receiver.store_check is not None  # it runs beside the receiver
+        await asyncio.to_thread(receiver.store_check.join, 30)
+    assert f"WARNING: the store {damaged / home.STORE} is damaged" in err.getvalue()
+
+
+async def test_serve_on_a_whole_store_says_nothing_of_damage(healthy: Path, tmp_path: Path) -> None:
+    state = _copy(healthy, tmp_path / "home")
+    err = io.StringIO()
+    async with running(state, stderr=err) as receiver:
+        assert (await post(receiver, sample(9001))).status == 200
+        assert receiver.store_check is not None
+        await asyncio.to_thread(receiver.store_check.join, 30)
+        assert not receiver.store_check.is_alive()
+    assert "damaged" not in err.getvalue()
