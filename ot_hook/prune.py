@@ -65,12 +65,11 @@ def pending_kept(path: Path, before: datetime | None) -> int:
     where, params = _older_than(before)
     conn = store.open_for_writing(path)
     try:
-        found = conn.execute(
-            f"SELECT count(*) FROM deliveries WHERE {where} AND NOT ({NOT_PENDING})", params
-        ).fetchone()
+        with store.reading(path):  # a damaged store: one line, as prune itself says it
+            found = conn.execute(
+                f"SELECT count(*) FROM deliveries WHERE {where} AND NOT ({NOT_PENDING})", params
+            ).fetchone()
         return int(found[0])
-    except sqlite3.Error as exc:  # a damaged store: one line, as prune itself says it
-        raise store.StoreError(f"cannot read the store {path}: {exc}") from None
     finally:
         conn.close()
 

@@ -54,7 +54,7 @@ def selected(path: Path, selection: Selection) -> Iterator[store.StoredDelivery]
             "--status, --relay, or --all"
         )
     try:
-        with tail.reading(path):  # a damaged store: one line, as tail says it
+        with store.reading(path):  # a damaged store: one line, as tail says it
             yield from _selected(path, selection)
     except store.StoreError as exc:
         raise ReplayError(str(exc)) from None

@@ -30,6 +30,7 @@ from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, crea
 from ot_hook.requestlog import StatusLog, aiohttp_errors_to
 from ot_hook.sender import is_loopback
 from ot_hook.store import Saved, damage
+from ot_hook.terminal import isatty
 from ot_hook.textsafe import printable
 from ot_hook.writer import Store
 
@@ -279,7 +280,7 @@ class Receiver:
                                             daemon=True)
         self.store_check.start()
         self.log.line(banner(options, self.state, self.url, self.creds, self.local_ca,
-                             self.ca_path, show_password=_isatty(self._stderr)))
+                             self.ca_path, show_password=isatty(self._stderr)))
 
     def _after_store(self, saved: Saved, authorization: str | None) -> None:
         if self.forwarder is None or saved.outcome == "rejected":
@@ -364,13 +365,6 @@ def _event_loop(choice: LoopChoice) -> asyncio.Runner:
             raise ServeError("--loop uvloop: uvloop is not installed on this platform") from None
         return asyncio.Runner()
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # a closed or unusual stream
-        return False
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> str:

@@ -327,6 +327,19 @@ def damage(path: Path) -> str | None:
     return None if first == "ok" else str(first)
 
 
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """What goes wrong while reading the store at `path` as StoreError, one line for the user:
+    a damaged file ("database disk image is malformed"), a disk error, a row whose JSON is
+    broken. Also around a generator's yields, whose reads happen only as it is consumed."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the store {path}: {exc}") from None
+    except json.JSONDecodeError as exc:  # the warnings or headers of a damaged row
+        raise StoreError(f"cannot read the store {path}: a damaged row ({exc})") from None
+
+
 def first_accepted_sql(count: int) -> str:
     """The first accepted row of each of `count` event Ids (through the partial index)."""
     return (

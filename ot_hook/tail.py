@@ -11,7 +11,6 @@ result whole so every read transaction ends at once, and asks SQLite `PRAGMA dat
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import sqlite3
 import time
@@ -174,19 +173,6 @@ def open_reader(path: Path) -> sqlite3.Connection | None:
         raise
 
 
-@contextlib.contextmanager
-def reading(path: Path) -> Iterator[None]:
-    """What goes wrong while reading the store at `path` as StoreError, one line for the user:
-    a damaged file ("database disk image is malformed"), a disk error, a row whose JSON is
-    broken. Also around a generator's yields, whose reads happen only as it is consumed."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise store.StoreError(f"cannot read the store {path}: {exc}") from None
-    except json.JSONDecodeError as exc:  # the warnings or headers of a damaged row
-        raise store.StoreError(f"cannot read the store {path}: a damaged row ({exc})") from None
-
-
 def _schema_pending(path: Path) -> bool:
     try:
         uri = f"{path.resolve().as_uri()}?mode=ro"
@@ -335,7 +321,7 @@ def deliveries(
 ) -> Iterator[Shown]:
     """Yield stored deliveries (and, while following, relay attempts) as `spec` asks. Raises
     NoStore (not following, no store) and StoreError (a store that cannot be read)."""
-    with reading(spec.path):  # every read below, the filters' and the following's too
+    with store.reading(spec.path):  # every read below, the filters' and the following's too
         yield from _deliveries(spec, status, stop, sleep, clock)
 
 

@@ -24,7 +24,7 @@ class Terminal:
 
     def __post_init__(self) -> None:
         if self.stdout_isatty is None:
-            self.stdout_isatty = _isatty(self.stdout)
+            self.stdout_isatty = isatty(self.stdout)
         if self.no_color is None:
             self.no_color = bool(os.environ.get("NO_COLOR"))
 
@@ -38,7 +38,7 @@ class Terminal:
         from rich.console import Console
 
         stream = self.stderr if stderr else self.stdout
-        tty = _isatty(stream) if stderr else bool(self.stdout_isatty)
+        tty = isatty(stream) if stderr else bool(self.stdout_isatty)
         return Console(
             file=stream,
             force_terminal=tty,
@@ -55,7 +55,7 @@ class Terminal:
         print(message, file=self.stderr, flush=True)
 
 
-def _isatty(stream: TextIO) -> bool:
+def isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
