@@ -11,7 +11,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -74,7 +74,6 @@ class AuditEvent:
     description: str | None
     username: str | None
     action_date: str | None
-    raw: dict[str, Any] = field(repr=False, compare=False)
     warnings: tuple[str, ...] = ()
 
     def key(self) -> EventKey:
@@ -157,7 +156,51 @@ def parse_body(body: bytes) -> AuditEvent:
     """Parse a delivery's raw bytes into a validated event, or raise `InvalidDelivery`."""
     if not body.strip():
         raise BadJSON("empty body: expected one Audit Trail JSON object")
-    return validate(loads(decode_text(body)))
+    text = decode_text(body)
+    usual = _USUAL_SHAPE.match(text)
+    if usual is not None:
+        return _usual_event(*usual.groups())
+    return validate(loads(text))
+
+
+# The object as Order Time writes it: the seven fields in this order, integer codes, and
+# strings that are not empty and hold no escape or control character. One regular expression
+# reads it in a third of the time the JSON parser and `validate` take (the writer does this
+# for every delivery); anything else takes that full path. tests/test_events.py checks that
+# both paths give the same event for bodies of this shape and near it.
+_WS = r"[ \t\n\r]*"
+_INT = r"(-?(?:0|[1-9][0-9]{0,17}))"  # at most 18 digits: always within 64 bits
+_TEXT = r'"([^"\\\x00-\x1f]+)"'
+
+
+def _field(name: str, value: str) -> str:
+    return f'{_WS}"{name}"{_WS}:{_WS}{value}{_WS}'
+
+
+_USUAL_SHAPE = re.compile(
+    _WS + r"\{"
+    + ",".join([_field("Id", _INT), _field("ActionType", _INT), _field("RecordType", _INT),
+                _field("UniqueId", f"(?:{_INT}|{_TEXT})"), _field("Description", _TEXT),
+                _field("Username", _TEXT), _field("ActionDate", _TEXT)])
+    + r"\}" + _WS + r"\Z"
+)
+
+
+def _usual_event(event_id: str, action: str, record: str, number: str | None,
+                 text_id: str | None, description: str, username: str,
+                 action_date: str) -> AuditEvent:
+    """The event of a body `_USUAL_SHAPE` matched, with the warnings `validate` would give."""
+    action_type, record_type = int(action), int(record)
+    warnings = []
+    if codes.action_name(action_type) is None:
+        warnings.append(f"unknown ActionType {action_type}")
+    if codes.record_name(record_type) is None:
+        warnings.append(f"unknown RecordType {record_type}")
+    if parse_action_date(action_date) is None:
+        warnings.append(_ACTION_DATE_WARNING)
+    return AuditEvent(int(event_id), action_type, record_type,
+                      int(number) if number is not None else text_id,  # type: ignore[arg-type]
+                      description, username, action_date, tuple(warnings))
 
 
 def _has_lone_surrogate(text: str) -> bool:
@@ -182,6 +225,7 @@ def json_type_name(value: Any) -> str:
 
 
 _MISSING = object()
+_ACTION_DATE_WARNING = "ActionDate is not ISO 8601 with 0 to 7 fractional digits and Z or an offset"
 TEXT_FIELDS = ("Description", "Username", "ActionDate")
 
 
@@ -247,9 +291,7 @@ def validate(obj: Any) -> AuditEvent:
         texts.append(value)
     description, username, action_date = texts
     if action_date and parse_action_date(action_date) is None:
-        warnings.append(
-            "ActionDate is not ISO 8601 with 0 to 7 fractional digits and Z or an offset"
-        )
+        warnings.append(_ACTION_DATE_WARNING)
     extra = obj.keys() - KNOWN_FIELDS
     if extra:
         warnings.append("extra fields: " + ", ".join(sorted(extra)))
@@ -262,6 +304,5 @@ def validate(obj: Any) -> AuditEvent:
         description=description,
         username=username,
         action_date=action_date,
-        raw=obj,
         warnings=tuple(warnings),
     )
