@@ -16,6 +16,17 @@ import typer
 
 from ot_hook.exitcodes import ExitCode
 
+
+def _home_path(text: str) -> Path:
+    """`--home ''` (an unset shell variable, say) would put the state in the current
+    directory: refused, while `--home .` says so on purpose."""
+    if text == "":
+        raise typer.BadParameter("is empty; give a directory (--home . for this one)")
+    if os.path.isfile(text):
+        raise typer.BadParameter(f"Directory {text!r} is a file.")
+    return Path(text)
+
+
 HomeOption = Annotated[
     Path | None,
     typer.Option(
@@ -23,7 +34,8 @@ HomeOption = Annotated[
         envvar="OT_HOOK_HOME",
         help="State directory (CA, store, serve.json). Default: the per-user app directory.",
         show_default=False,
-        file_okay=False,
+        metavar="<dir>",
+        parser=_home_path,
     ),
 ]
 UserOption = Annotated[

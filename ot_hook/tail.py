@@ -481,6 +481,6 @@ def resolve_filters(
         ids=tuple(ids),
         unique_ids=tuple(unique_ids),
         outcomes=parse_outcomes(outcomes),
-        since=parse_since(since, now=now, tz=tz) if since else None,
+        since=parse_since(since, now=now, tz=tz) if since is not None else None,
         grep=grep or None,
     )

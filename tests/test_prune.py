@@ -104,6 +104,29 @@ def test_bad_flags_give_one_line_and_exit_2(
     assert captured.out == "" and captured.err.count("\n") == 1
 
 
+def test_an_empty_older_than_is_refused_and_deletes_nothing(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--older-than "$AGE"` with AGE unset must not mean "everything"."""
+    fill(state, 2)
+    assert main(["prune", "--home", str(state), "--older-than", ""]) == 2
+    assert "cannot read ''" in capsys.readouterr().err
+    assert len(stored(state)) == 2
+
+
+@pytest.mark.parametrize("command", [["prune", "--all"], ["tail", "--no-follow"]])
+def test_an_empty_home_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--home ''` would use the current directory; `--home .` is how to ask for that."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--home", ""]) == 2
+    err = capsys.readouterr().err
+    assert "--home" in err and "is empty" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_store_exits_1(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["prune", "--home", str(state), "--all"]) == 1
     assert "no store" in capsys.readouterr().err

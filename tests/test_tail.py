@@ -466,6 +466,15 @@ def test_a_since_out_of_the_range_of_dates_is_a_usage_error(since: str) -> None:
         assert "\n" not in str(exc)
 
 
+def test_an_empty_since_is_a_usage_error_not_no_filter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ot_hook.cli import main
+
+    assert main(["tail", "--home", str(tmp_path), "--no-follow", "--since", ""]) == 2
+    assert "cannot read ''" in capsys.readouterr().err
+
+
 def test_a_following_tail_ends_when_its_reader_goes(tmp_path: Path) -> None:
     from ot_hook import store as store_module
 

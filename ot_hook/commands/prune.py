@@ -41,7 +41,8 @@ def prune(
     if (older_than is None) == (not everything):
         fail("give either --older-than or --all", ExitCode.USAGE)
     try:
-        before = parse_moment(older_than, now=datetime.now(UTC)) if older_than else None
+        before = parse_moment(older_than, now=datetime.now(UTC)) if older_than is not None \
+            else None
     except FilterError as exc:
         fail(f"--older-than: {exc}", ExitCode.USAGE)
     path = resolve_home(home) / state.STORE
