@@ -6,6 +6,8 @@ completion, `decode` and `tail` never load them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -46,10 +48,30 @@ class _OneLineErrors(TyperGroup):
             result = int(ExitCode.USAGE) if exc.exit_code == 2 else exc.exit_code
         except typer.Abort:
             result = int(ExitCode.INTERRUPTED)
+        except OSError as exc:
+            if exc.errno not in _OUTPUT_FAILED:
+                raise
+            print(f"ot-hook: error: cannot write the output: {exc.strerror or exc}",
+                  file=sys.stderr)
+            _discard_stdout()
+            result = int(ExitCode.ERROR)
         code = result if isinstance(result, int) else 0
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+# Writing stdout failed: a full disk, /dev/full, a quota, a file too large, a bad device.
+_OUTPUT_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
+def _discard_stdout() -> None:
+    """What is still buffered for stdout goes nowhere: flushing it at exit would fail again,
+    with a second message."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 app = typer.Typer(

@@ -85,7 +85,7 @@ InsecureOption = Annotated[
     bool, typer.Option("--insecure", help="Do not verify the certificate (warns).")
 ]
 TimeoutOption = Annotated[
-    float, typer.Option(min=0.001, help="Seconds to wait for each answer.")
+    float, typer.Option(min=0.001, max=86400, help="Seconds to wait for each answer.")
 ]
 RetriesOption = Annotated[
     int, typer.Option(min=0, help="Retry connection errors, 429 and 5xx this many times, "

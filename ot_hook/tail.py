@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ot_hook import codes, render, store
+from ot_hook.events import INT64_MAX, INT64_MIN
 from ot_hook.terminal import Terminal
 
 POLL_INTERVAL = 0.05  # seconds between data_version checks: quick to see, cheap when idle
@@ -96,6 +97,15 @@ def parse_codes(values: Iterable[str], kind: codes.Kind) -> tuple[int, ...]:
         return tuple(decode.code_for(kind, value) for value in values)
     except decode.LookupFailed as exc:
         raise FilterError(f"--{kind}: {exc}") from None
+
+
+def parse_ids(values: Iterable[int]) -> tuple[int, ...]:
+    """Ids as the store keeps them: no stored delivery has one beyond 64 bits."""
+    found = tuple(values)
+    for value in found:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise FilterError(f"--id {value} is beyond the 64-bit range of Audit Trail Ids")
+    return found
 
 
 def parse_outcomes(values: Iterable[str]) -> tuple[str, ...]:
@@ -478,7 +488,7 @@ def resolve_filters(
     return Filters(
         actions=parse_codes(actions, "action"),
         records=parse_codes(records, "record"),
-        ids=tuple(ids),
+        ids=parse_ids(ids),
         unique_ids=tuple(unique_ids),
         outcomes=parse_outcomes(outcomes),
         since=parse_since(since, now=now, tz=tz) if since is not None else None,

@@ -445,3 +445,14 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
         assert process.wait(timeout=30) == 0
     assert json.loads(first)["RecordTypeName"] == "Sales Order"
     assert err == b""
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [["decode", "4", "7"], ["decode", "--list", "records"]])
+def test_output_to_a_full_disk_is_one_line_and_exit_1(command: list[str]) -> None:
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "ot_hook", *command], stdout=full,
+                              stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        "ot-hook: error: cannot write the output: No space left on device\n")

@@ -629,3 +629,13 @@ def test_a_broken_connection_is_named_without_aiohttp_internals() -> None:
     assert _broke(plain) == "ServerDisconnectedError: Server disconnected"
     assert _broke(aiohttp.ClientPayloadError("Response payload is not completed")) == \
         "ClientPayloadError: Response payload is not completed"
+
+
+@pytest.mark.parametrize("command", ["send-sample", "replay"])
+@pytest.mark.parametrize("timeout", ["inf", "nan", "0"])
+def test_a_timeout_that_is_not_a_number_of_seconds_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], state: Path, command: str, timeout: str
+) -> None:
+    code = main([command, "https://127.0.0.1:9/", "--home", str(state), "--timeout", timeout])
+    err = capsys.readouterr().err
+    assert code == 2 and "--timeout" in err and err.count("\n") == 1

@@ -496,3 +496,14 @@ def test_a_following_tail_ends_when_its_reader_goes(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["row"] == 1
     assert lines[1] == "0"
+
+
+@pytest.mark.parametrize("command", [["tail", "--no-follow"], ["replay", "--dry-run"]])
+def test_an_id_beyond_64_bits_is_a_usage_error(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ot_hook.cli import main
+
+    assert main([*command, "--home", str(tmp_path), "--id", str(2**64)]) == 2
+    err = capsys.readouterr().err
+    assert "beyond the 64-bit range" in err and err.count("\n") == 1
