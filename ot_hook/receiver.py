@@ -13,6 +13,7 @@ import functools
 import hmac
 import re
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +124,9 @@ def create_server(
     `store` must already be open; the server does not close it. `server_options` go to
     aiohttp's connection handler (keepalive_timeout, access_log...)."""
     handler = DeliveryHandler(store, credentials, config or ReceiverConfig(), logger, after_store)
-    return web.Server(handler, **server_options)
+    # Bodies are decoded here, not by aiohttp: an encoding it cannot undo (br without Brotli,
+    # zstd) would otherwise be refused before the handler, and the delivery not stored.
+    return web.Server(handler, auto_decompress=False, **server_options)
 
 
 def _text(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -176,6 +179,9 @@ class DeliveryHandler:
             request.writer.output_size = 0
         body, body_size, refused = await _read_body(request, config.max_body,
                                                     config.body_timeout)
+        encoding = request.headers.get("Content-Encoding")
+        if encoding is not None and refused is None:
+            body, body_size, refused = decode_body(body, encoding, config.max_body)
         delivery = Delivery(
             received_at=received_at,
             method=request.method,
@@ -242,10 +248,11 @@ def _answer(saved: Saved) -> str:
 async def _read_body(
     request: web.BaseRequest, max_body: int, timeout: float
 ) -> tuple[bytes, int, tuple[int, str] | None]:
-    """Read at most `max_body` bytes (after any Content-Encoding is undone) and keep them.
+    """Read at most `max_body` bytes as they came (`decode_body` undoes any Content-Encoding)
+    and keep them.
 
     Returns the bytes kept, how many arrived, and (status, reason) when the body is refused.
-    Reading stops just past the cap, so an endless or decompressing body cannot fill memory.
+    Reading stops just past the cap, so an endless body cannot fill memory.
     """
     content = request.content
     chunks: list[bytes] = []
@@ -268,8 +275,8 @@ async def _read_body(
     except (
         HttpProcessingError, web.RequestPayloadError, ConnectionError, asyncio.IncompleteReadError
     ) as exc:
-        # A body shorter than its Content-Length, broken chunking or gzip: keep what came.
-        # aiohttp's own words ("Can not decode content-encoding: gzip") are on the cause.
+        # A body shorter than its Content-Length or broken chunking: keep what came.
+        # aiohttp's own words are on the cause.
         detail = getattr(exc.__cause__, "message", None) or exc.__class__.__name__
         reason = f"the body could not be read after {size} bytes: {printable(str(detail))}"
         return b"".join(chunks), size, (400, reason)
@@ -279,12 +286,46 @@ async def _read_body(
     return body, size, None
 
 
+def decode_body(
+    body: bytes, encoding: str, max_body: int
+) -> tuple[bytes, int, tuple[int, str] | None]:
+    """Undo a Content-Encoding of gzip or deflate, keeping at most `max_body` bytes of what
+    comes out (a small bomb cannot grow past it); like `_read_body`, returns the bytes kept,
+    their size and (status, reason) when refused. A body that cannot be decoded is kept as
+    it came."""
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return body, len(body), None
+    if name not in ("gzip", "x-gzip", "deflate"):
+        return body, len(body), (415, f"Content-Encoding {printable(encoding)!r} is not "
+                                      "supported: send the body as it is, gzip or deflate")
+    # gzip has its own header; HTTP's deflate is zlib's format, and some send raw deflate.
+    formats = [16 + zlib.MAX_WBITS] if name != "deflate" else [zlib.MAX_WBITS, -zlib.MAX_WBITS]
+    problem = ""
+    for wbits in formats:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            decoded = decoder.decompress(body, max_body + 1)
+        except zlib.error as exc:
+            problem = str(exc)
+            continue
+        if len(decoded) > max_body:
+            return decoded[:max_body], len(decoded), (
+                413, f"body larger than the limit of {max_body} bytes once decoded from "
+                     f"{name} ({len(body)} bytes before); the first {max_body} bytes are kept")
+        if not decoder.eof:
+            problem = "the stream is cut short"
+            continue
+        return decoded, len(decoded), None
+    return body, len(body), (400, f"the body could not be decoded as {name}: {problem}")
+
+
 def _too_large(request: web.BaseRequest, max_body: int) -> str:
     declared = request.content_length
     if declared is None:
         more = ""
     elif request.headers.get("Content-Encoding"):
-        more = f" once decoded (Content-Length {declared} before)"
+        more = f" before decoding (Content-Length {declared})"
     else:
         more = f" (Content-Length {declared})"
     return (f"body larger than the limit of {max_body} bytes{more}; "
