@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import gzip
-import zlib
 import io
 import json
 import re
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
