@@ -20,7 +20,7 @@ class CredentialsError(Exception):
 
     def __init__(self, message: str, *, usage: bool = False) -> None:
         super().__init__(message)
-        self.usage = usage  # flags that contradict each other: a usage error (exit 2)
+        self.usage = usage  # a bad or contradicting flag: a usage error (exit 2)
 
 
 class FromEnvironment(str):
@@ -43,9 +43,9 @@ def read_password_file(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a leading BOM is not the password
     except FileNotFoundError:
-        raise CredentialsError(f"password file {path} does not exist") from None
+        raise CredentialsError(f"password file {path} does not exist", usage=True) from None
     except IsADirectoryError:
-        raise CredentialsError(f"password file {path} is a directory") from None
+        raise CredentialsError(f"password file {path} is a directory", usage=True) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CredentialsError(f"cannot read password file {path}: {exc}") from None
     return text.splitlines()[0] if text else ""
@@ -70,7 +70,8 @@ def _kept(read: Callable[[], T]) -> T:
 
 def _check_user(user: str) -> str:
     if ":" in user:
-        raise CredentialsError("the user name cannot contain ':' (Basic Auth splits there)")
+        raise CredentialsError("the user name cannot contain ':' (Basic Auth splits there)",
+                               usage=True)
     return user
 
 

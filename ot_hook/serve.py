@@ -191,10 +191,16 @@ class Receiver:
         if not VALID_PATH.fullmatch(options.path):
             raise ServeError(
                 f"--path must start with '/' and hold only letters, digits and - . _ ~ / "
-                f"(no query, spaces or % escapes), got {options.path!r}"
+                f"(no query, spaces or % escapes), got {options.path!r}", usage=True
             )
         if (options.cert is None) != (options.key is None):
-            raise ServeError("--cert and --key go together: give both, or neither")
+            raise ServeError("--cert and --key go together: give both, or neither", usage=True)
+        if not options.host.strip():
+            raise ServeError("--host is empty: give an address such as 127.0.0.1 or 0.0.0.0",
+                             usage=True)
+        if any(not name.strip() for name in options.hostnames):
+            raise ServeError("--hostname is empty: give a name or address for the certificate",
+                             usage=True)
         # Absolute, so that serve.json and the banner's curl line work from any directory.
         self.state = state = home.ensure_home(options.home.absolute())
         self._exit.enter_context(home.serve_lock(state))
@@ -431,4 +437,5 @@ def banner(
         lines.append(f"  WARNING      listening on {options.host}: other machines can reach this "
                      "receiver")
     lines.append("Press Ctrl-C to stop.")
-    return "\n".join(lines)
+    # A user name or path may hold terminal escapes: shown as text, never acted on.
+    return "\n".join(printable(line) for line in lines)

@@ -42,7 +42,7 @@ def test_bad_flags_get_one_line_and_exit_2(
 def test_missing_password_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"),
                            "--password-file", str(tmp_path / "nope"), "--port", "0")
-    assert code == 1
+    assert code == 2  # a bad flag, like decode --file naming no file
     assert err.strip() == f"ot-hook: error: password file {tmp_path / 'nope'} does not exist"
 
 
@@ -108,7 +108,7 @@ def test_a_path_the_router_cannot_match_is_refused(
 ) -> None:
     code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"), "--port", "0",
                            "--path", path, "--user", "u", "--password", "p")
-    assert code == 1
+    assert code == 2
     assert "--path must start with '/'" in err
 
 
@@ -151,3 +151,16 @@ def test_forward_options_that_cannot_take_effect(
                            "--user", "u", "--password", "p", *extra)
     assert code == 2
     assert message in err
+
+
+@pytest.mark.parametrize("flags", [
+    ["--host", ""], ["--hostname", " "], ["--cert", "x.pem"], ["--user", "a:b"],
+    ["--status-code", "101"],  # an informational status is never a final answer
+    ["--forward-to", ""],  # an unset variable must not turn relaying off unseen
+])
+def test_bad_serve_flags_exit_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, flags: list[str]
+) -> None:
+    code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"), "--port", "0",
+                           "--password", "p", *flags)
+    assert code == 2 and err.count("\n") == 1

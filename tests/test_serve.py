@@ -204,6 +204,14 @@ async def test_banner_names_url_ca_fingerprint_and_curl_but_not_the_password(sta
     assert "hunter2-secret" not in banner
 
 
+async def test_the_banner_shows_escapes_in_a_user_name_as_text(state: Path) -> None:
+    err = io.StringIO()
+    async with Receiver(options(state, user="d\x1b[31me"), err):
+        pass
+    assert "\x1b" not in err.getvalue()
+    assert "user         d\\x1b[31me" in err.getvalue()
+
+
 def test_url_for_brackets_ipv6_and_shows_wildcards_as_loopback() -> None:
     assert url_for("::1", 8443, "/") == "https://[::1]:8443/"
     assert url_for("0.0.0.0", 1, "/hook") == "https://127.0.0.1:1/hook"

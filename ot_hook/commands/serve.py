@@ -69,7 +69,7 @@ def serve(
     home: HomeOption = None,
     status_code: Annotated[
         int,
-        typer.Option(min=100, max=599, help="Answer accepted deliveries with this status "
+        typer.Option(min=200, max=599, help="Answer accepted deliveries with this status "
                      "(they are still stored)."),
     ] = 200,
     delay: Annotated[
@@ -140,6 +140,9 @@ def serve(
     given = {"--forward-user": forward_user, "--forward-password-file": forward_password_file,
              "--forward-cacert": forward_cacert, "--forward-insecure": forward_insecure or None}
     stray = [flag for flag, value in given.items() if value is not None]
+    if forward_to is not None and not forward_to.strip():
+        fail("--forward-to is empty: give your app's URL, or leave the flag out",
+             ExitCode.USAGE)
     if stray and not forward_to:
         fail(f"{', '.join(stray)}: these go with --forward-to", ExitCode.USAGE)
     if loop not in ("auto", "asyncio", "uvloop"):
