@@ -65,7 +65,7 @@ class NotAnEvent(InvalidDelivery):
 # Not frozen: on the delivery path a frozen dataclass costs about 2 us more per instance.
 @dataclass(slots=True)
 class AuditEvent:
-    """The fields of a valid Audit Trail object, with the object itself as it arrived."""
+    """The fields of a valid Audit Trail object."""
 
     id: int
     action_type: int

@@ -212,7 +212,9 @@ def details(delivery: StoredDelivery) -> Text:
     for body_line in _pretty_body(d).splitlines():
         text.append("\n    " + printable(body_line))
     if d.body_size > len(d.body):
-        text.append(f"\n    ({d.body_size} bytes arrived; the first {len(d.body)} were kept)",
+        # The receiver stops reading one byte past --max-body: how much more came is unknown.
+        came = f"more than {len(d.body)}" if d.body_size == len(d.body) + 1 else d.body_size
+        text.append(f"\n    ({came} bytes arrived; the first {len(d.body)} were kept)",
                     style="dim")
     return text
 

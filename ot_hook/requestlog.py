@@ -58,7 +58,8 @@ class StatusLog:
             self.line(format_request(record))
 
     def stopping_at_once(self) -> None:
-        self.line("Stopping at once: deliveries in flight are not stored")
+        self.line("Stopping at once: deliveries in flight get no answer (their senders see a "
+                  "broken connection and should send them again)")
         self._stopping_at_once = True
 
     def plain_http(self, remote: str | None) -> None:

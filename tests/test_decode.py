@@ -456,3 +456,15 @@ def test_output_to_a_full_disk_is_one_line_and_exit_1(command: list[str]) -> Non
     assert done.returncode == 1
     assert done.stderr.decode() == (
         "ot-hook: error: cannot write the output: No space left on device\n")
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]"])
+def test_an_empty_file_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str
+) -> None:
+    """The README's exit codes: 7 for an empty --file, as send-sample gives."""
+    path = tmp_path / "empty.json"
+    path.write_text(content)
+    code, out, err = run(capsys, "--file", str(path))
+    assert code == 7 and out == ""
+    assert err == f"ot-hook: error: {path} holds no Audit Trail object\n"

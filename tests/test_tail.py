@@ -507,3 +507,23 @@ def test_an_id_beyond_64_bits_is_a_usage_error(
     assert main([*command, "--home", str(tmp_path), "--id", str(2**64)]) == 2
     err = capsys.readouterr().err
     assert "beyond the 64-bit range" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("body_size", "said"), [
+    (11, "(more than 10 bytes arrived; the first 10 were kept)"),  # reading stopped at the cap
+    (5000, "(5000 bytes arrived; the first 10 were kept)"),
+])
+def test_verbose_says_how_much_of_a_cut_body_arrived(body_size: int, said: str) -> None:
+    from dataclasses import replace
+
+    from ot_hook import render
+    from ot_hook.store import StoredDelivery
+
+    delivery = StoredDelivery(
+        row=1, received_at="2026-01-01T00:00:00.000000Z", outcome="rejected", http_status=413,
+        reason="too large", warnings=[], duplicate_of=None, remote=None, method="POST",
+        target="/", content_type=None, headers=[], body=b"0123456789", body_size=11,
+        event_id=None, action_type=None, record_type=None, unique_id=None, description=None,
+        username=None, action_date=None)
+    text = render.details(replace(delivery, body_size=body_size)).plain
+    assert text.rstrip().endswith(said)

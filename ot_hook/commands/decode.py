@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
@@ -151,15 +151,30 @@ def _events(
     if terms.count("-") > 1:
         fail("stdin (-) can be read only once", ExitCode.USAGE)
     decoder = lib.Decoder(tables, lambda message: terminal.status(f"ot-hook: warning: {message}"))
+    named_files = {str(path) for path in files}
     rows = lib.EventRows(terminal.console()) if terminal.pretty else None
     for source, lines, live in _sources(terms, files):
         events = decoder.events(lines, source)
+        if source in named_files:  # the README's exit code 7: "an empty --file"
+            events = _not_empty(events, source)
         if rows is not None:
             for event in events:
                 rows.print(event)
         else:
             lib.write_json_lines(decoder, events, terminal.stdout, live=live,
                                  ascii_only=on_screen)
+
+
+def _not_empty(events: Iterator[Any], source: str) -> Iterator[Any]:
+    """`events`, or BadInput when a --file holds none: an empty export is a mistake to say."""
+    from ot_hook import decode as lib
+
+    found = False
+    for event in events:
+        found = True
+        yield event
+    if not found:
+        raise lib.BadInput(f"{source} holds no Audit Trail object")
 
 
 def _sources(terms: list[str], files: list[Path]) -> Iterator[tuple[str, TextIO, bool]]:
