@@ -263,7 +263,8 @@ def _json_error(exc: json.JSONDecodeError, text: str, source: str, start: int) -
             "help page, which is not strict JSON: quote every key (\"Id\": 1947) and add the "
             "comma it lacks after ActionType: 4. What Order Time sends is strict JSON."
         )
-    return f"{where}: {exc.msg}"
+    # json says "Invalid control character at" and gives the place apart, as `where` does.
+    return f"{where}: {exc.msg.removesuffix(' at')}"
 
 
 # Events --------------------------------------------------------------------------------------
@@ -320,7 +321,7 @@ class Decoder:
     def _warn_once(self, key: tuple[str, object], message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            self._warn(f"{message}; its name is null (warned once)")
+            self._warn(f"{message}; its name is null (not said again for later lines)")
 
     def json_line(self, event: Event, *, ascii_only: bool = False) -> str:
         """The event's own object with the two names added, as one JSON line. An object that

@@ -153,11 +153,12 @@ def test_unknown_codes_in_a_stream_are_null_with_one_warning_each() -> None:
     objects, warnings = decoded(text)
     assert [o["RecordTypeName"] for o in objects] == [None, None, "Sales Order", None]
     assert [o["ActionTypeName"] for o in objects] == ["Change Status"] * 2 + [None, None]
+    again = "its name is null (not said again for later lines)"
     assert warnings == [
-        "<test> line 1: unknown RecordType 9999; its name is null (warned once)",
-        "<test> line 3: unknown ActionType 8; its name is null (warned once)",
-        "<test> line 4: ActionType is not an integer; its name is null (warned once)",
-        "<test> line 4: RecordType is missing; its name is null (warned once)",
+        f"<test> line 1: unknown RecordType 9999; {again}",
+        f"<test> line 3: unknown ActionType 8; {again}",
+        f"<test> line 4: ActionType is not an integer; {again}",
+        f"<test> line 4: RecordType is missing; {again}",
     ]
 
 
@@ -323,7 +324,7 @@ def test_events_from_stdin_and_files(capsys: pytest.CaptureFixture[str], tmp_pat
     assert [o["Id"] for o in jsonl(out)] == [1, 2, 3]
     assert jsonl(out)[2]["RecordTypeName"] is None
     assert err == (f"ot-hook: warning: {path} line 2: unknown RecordType 1234; "
-                   "its name is null (warned once)\n")
+                   "its name is null (not said again for later lines)\n")
 
 
 def test_malformed_json_exits_7_after_the_good_events(capsys: pytest.CaptureFixture[str],
@@ -468,3 +469,11 @@ def test_an_empty_file_is_bad_input(
     code, out, err = run(capsys, "--file", str(path))
     assert code == 7 and out == ""
     assert err == f"ot-hook: error: {path} holds no Audit Trail object\n"
+
+
+def test_a_raw_control_character_is_named_without_a_dangling_at(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, '{"a": "\x1b[31m"}')
+    assert code == 7
+    assert err.endswith("at line 1 column 8: Invalid control character\n")
