@@ -153,3 +153,24 @@ def one_of(*words: str) -> Callable[[str], list[str]]:
 
 
 OUTCOMES = one_of("accepted", "duplicate", "rejected")
+
+
+def code_names(kind: str) -> Callable[[str], list[str]]:
+    """Shell completion for --action or --record: the names of the built-in table, written
+    without spaces (ChangeStatus), which the lookup reads as it reads "change status". What
+    was typed is kept as typed (sales -> salesOrder): Typer offers only words that start
+    with it, and the lookup ignores case."""
+
+    def complete(incomplete: str) -> list[str]:
+        from ot_hook import codes
+
+        words = ["".join(part[:1].upper() + part[1:] for part in entry.name.split())
+                 for entry in codes.BUILTIN.entries(kind)]  # type: ignore[arg-type]
+        return [incomplete + word[len(incomplete):] for word in words
+                if word.casefold().startswith(incomplete.casefold())]
+
+    return complete
+
+
+ACTION_NAMES = code_names("action")
+RECORD_NAMES = code_names("record")

@@ -86,3 +86,12 @@ def test_completion_loads_no_network_library() -> None:
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--port" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+def test_bash_completes_code_names_and_scenarios() -> None:
+    assert complete_in_bash("ot-hook tail --action ChangeS") == ["ChangeStatus"]
+    assert "salesOrder" in complete_in_bash("ot-hook decode --record sales")  # case kept
+    assert "purchaseOrder" in complete_in_bash("ot-hook send-sample --record pur")
+    assert complete_in_bash("ot-hook replay --action Crea") == ["Create"]
+    assert complete_in_bash("ot-hook send-sample --scenario ") == ["day", "list"]

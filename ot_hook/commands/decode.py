@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from ot_hook.cliutil import discard_stdout, error, fail
+from ot_hook.cliutil import ACTION_NAMES, RECORD_NAMES, discard_stdout, error, fail
 from ot_hook.exitcodes import ExitCode
 
 if TYPE_CHECKING:  # the library is imported when the command runs, not when the CLI starts
@@ -41,10 +41,12 @@ def decode(
         ),
     ] = None,
     action: Annotated[
-        str | None, typer.Option("--action", "-a", help="Look up one ActionType, by code or name.")
+        str | None, typer.Option("--action", "-a", help="Look up one ActionType, by code or name.",
+                                 autocompletion=ACTION_NAMES)
     ] = None,
     record: Annotated[
-        str | None, typer.Option("--record", "-r", help="Look up one RecordType, by code or name.")
+        str | None, typer.Option("--record", "-r", help="Look up one RecordType, by code or name.",
+                                 autocompletion=RECORD_NAMES)
     ] = None,
     file: Annotated[
         list[Path] | None,

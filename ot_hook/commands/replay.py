@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ot_hook.cliutil import (
+    ACTION_NAMES,
     OUTCOMES,
+    RECORD_NAMES,
     HomeOption,
     InsecureOption,
     PasswordFileOption,
@@ -63,10 +65,12 @@ def replay(
         str | None, typer.Option(help="A duration back from now (10m, 2h, 7d) or a time.")
     ] = None,
     action: Annotated[
-        list[str] | None, typer.Option(help="ActionType code or name (repeatable).")
+        list[str] | None, typer.Option(help="ActionType code or name (repeatable).",
+                                       autocompletion=ACTION_NAMES)
     ] = None,
     record: Annotated[
-        list[str] | None, typer.Option(help="RecordType code or name (repeatable).")
+        list[str] | None, typer.Option(help="RecordType code or name (repeatable).",
+                                       autocompletion=RECORD_NAMES)
     ] = None,
     status: Annotated[
         list[str] | None, typer.Option(help="accepted, duplicate or rejected (repeatable).",

@@ -17,6 +17,8 @@ import typer
 
 from ot_hook import codes
 from ot_hook.cliutil import (
+    ACTION_NAMES,
+    RECORD_NAMES,
     HomeOption,
     InsecureOption,
     PasswordFileOption,
@@ -49,6 +51,12 @@ EPILOG = """Examples:
   ot-hook send-sample https://example.com/ot --cacert ca.pem -f events.jsonl
 """
 
+
+def _complete_scenario(incomplete: str) -> list[str]:
+    from ot_hook import samples
+
+    return [name for name in (*samples.SCENARIOS, "list") if name.startswith(incomplete)]
+
 def send_sample(
     url: Annotated[
         str | None,
@@ -70,10 +78,12 @@ def send_sample(
                            "only HTTPS).")
     ] = False,
     action: Annotated[
-        str | None, typer.Option(help="ActionType, a code or a name: 4, 'Change Status'.")
+        str | None, typer.Option(help="ActionType, a code or a name: 4, 'Change Status'.",
+                                 autocompletion=ACTION_NAMES)
     ] = None,
     record: Annotated[
-        str | None, typer.Option(help="RecordType, a code or a name: 7, 'Sales Order'.")
+        str | None, typer.Option(help="RecordType, a code or a name: 7, 'Sales Order'.",
+                                 autocompletion=RECORD_NAMES)
     ] = None,
     event_id: Annotated[
         int | None, typer.Option("--id", help="Give every event this Id (to test duplicates). "
@@ -88,7 +98,8 @@ def send_sample(
         str | None, typer.Option(help="ActionDate, e.g. 2022-01-03T10:26:12.2178450Z.")
     ] = None,
     scenario: Annotated[
-        str | None, typer.Option(help="Send a scenario's events in order ('list' lists them).")
+        str | None, typer.Option(help="Send a scenario's events in order ('list' lists them).",
+                                 autocompletion=_complete_scenario)
     ] = None,
     file: Annotated[
         str | None,

@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 
 from ot_hook.cliutil import (
+    ACTION_NAMES,
     OUTCOMES,
+    RECORD_NAMES,
     HomeOption,
     discard_stdout,
     fail,
@@ -53,12 +55,12 @@ def tail(
     action: Annotated[
         list[str] | None,
         typer.Option("--action", help="ActionType code or name, e.g. 4 or 'change status' "
-                     "(repeatable).", show_default=False),
+                     "(repeatable).", show_default=False, autocompletion=ACTION_NAMES),
     ] = None,
     record: Annotated[
         list[str] | None,
         typer.Option("--record", help="RecordType code or name, e.g. 7 or 'sales order' "
-                     "(repeatable).", show_default=False),
+                     "(repeatable).", show_default=False, autocompletion=RECORD_NAMES),
     ] = None,
     event_id: Annotated[
         list[int] | None,
