@@ -231,7 +231,7 @@ async def test_a_missing_password_file_is_one_line(
     missing = tmp_path / "nope.txt"
     code = main(["send-sample", "--home", str(tmp_path), "--password-file", str(missing)])
     run = Run(code, *capsys.readouterr())
-    assert run.code == ExitCode.ERROR
+    assert run.code == ExitCode.USAGE  # a flag naming no file, as serve says
     assert f"password file {missing} does not exist" in one_line_error(run)
 
 
