@@ -6,7 +6,6 @@ completion, `decode` and `tail` never load them.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import sys
@@ -17,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from ot_hook import __version__
+from ot_hook.cliutil import discard_stdout
 from ot_hook.commands import decode, prune, replay, send, serve, tail
 from ot_hook.exitcodes import ExitCode
 
@@ -53,7 +53,7 @@ class _OneLineErrors(TyperGroup):
                 raise
             print(f"ot-hook: error: cannot write the output: {exc.strerror or exc}",
                   file=sys.stderr)
-            _discard_stdout()
+            discard_stdout()  # what is still buffered would fail again at exit
             result = int(ExitCode.ERROR)
         code = result if isinstance(result, int) else 0
         if standalone_mode:
@@ -63,15 +63,6 @@ class _OneLineErrors(TyperGroup):
 
 # Writing stdout failed: a full disk, /dev/full, a quota, a file too large, a bad device.
 _OUTPUT_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
-
-
-def _discard_stdout() -> None:
-    """What is still buffered for stdout goes nowhere: flushing it at exit would fail again,
-    with a second message."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 app = typer.Typer(

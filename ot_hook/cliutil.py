@@ -114,8 +114,8 @@ def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
 
 
 def discard_stdout() -> None:
-    """After `| head` closed the pipe: point stdout at /dev/null, so that the flush at exit
-    does not complain about it."""
+    """After `| head` closed the pipe, or a write failed: point stdout at /dev/null, so that
+    the flush at exit does not complain about it."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
