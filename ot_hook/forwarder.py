@@ -192,12 +192,18 @@ class Forwarder:
         hinted: float | None = None
         lasting = False
         try:
-            async with session.post(self._target.url, data=relay.body, headers=headers) as answer:
+            # Never follow a redirect: aiohttp would follow a 301 or 302 as a GET without
+            # the body, and the app's 200 to that GET would count as a delivered relay.
+            async with session.post(
+                self._target.url, data=relay.body, headers=headers, allow_redirects=False
+            ) as answer:
                 # Only the status counts; the start of the body is read so that a short
                 # answer leaves the connection for the next relay, a long one is cut off.
                 await read_start(answer)
                 status = answer.status
                 hinted = retry_after(answer.headers.get("Retry-After"))
+                if 300 <= status < 400:
+                    error = redirect_reason(answer.headers.get("Location"))
         except TimeoutError:
             error = f"no answer within {TIMEOUT:g} s"
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -243,6 +249,13 @@ def record_attempt(conn: sqlite3.Connection, result: AttemptResult) -> None:
     )
 
 
+def redirect_reason(location: str | None) -> str:
+    """Why a 3xx is a failed relay, and what to do: the relay does not guess where to go."""
+    if not location:
+        return "redirected without a Location; check --forward-to"
+    return f"redirected to {location}; pass that address to --forward-to"
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, aiohttp.ClientConnectorError):
         return f"cannot connect: {error.strerror or error}"
@@ -251,8 +264,13 @@ def _reason(error: BaseException) -> str:
 
 def describe(result: AttemptResult) -> str:
     """A status line for serve's log."""
-    got = (f"{result.status}" if result.status is not None
-           else printable(result.error or "no answer"))  # an error may quote the app
+    # An error may quote the app (a redirect's Location), hence printable.
+    if result.status is None:
+        got = printable(result.error or "no answer")
+    elif result.error:
+        got = f"{result.status} {printable(result.error)}"
+    else:
+        got = f"{result.status}"
     line = f"relay row {result.row} attempt {result.attempt}: {got} ({result.millis:.0f} ms)"
     if result.state == "pending" and result.retry_in is not None:
         return f"{line}, retrying in {result.retry_in:.1f} s"

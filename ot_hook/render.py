@@ -176,6 +176,8 @@ def relay_line(attempt: RelayAttempt, *, utc: bool = False, tz: tzinfo | None = 
         text.append(" → " if a.attempt > 1 else "→ ")
         text.append(str(a.status), style="bold " + style)
         text.append(f" in {millis} ms")
+        if a.error:  # a redirect: where it pointed, and that it was not followed
+            text.append(f": {printable(a.error)}", style=style)
     else:
         text.append(": " if a.attempt > 1 else "")
         text.append(printable(a.error or "no answer"), style=style)

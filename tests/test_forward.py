@@ -257,3 +257,36 @@ async def test_a_relayed_delivery_is_not_relayed_again(state: Path) -> None:
         await asyncio.sleep(0.2)
     assert [body for body, _ in app.received] == [sample(2)]
     assert app.received[0][1]["X-OT-Hook-Relay"] == "2"
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_a_failed_relay_not_followed(state: Path, status: int) -> None:
+    # aiohttp would follow a 301 or 302 as a GET without the body, and the app's 200 to that
+    # GET would have counted as delivered: a delivery lost while the store said relayed.
+    gets: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": "/new-webhook"})
+
+    async def new_webhook(request: web.Request) -> web.Response:
+        gets.append(request.method)
+        return web.Response(text="ok")
+
+    web_app = web.Application()
+    web_app.router.add_post("/ordertime-webhook", moved)
+    web_app.router.add_route("*", "/new-webhook", new_webhook)
+    runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site.port}/ordertime-webhook"
+    try:
+        async with running(state, forward=ForwardOptions(url, retries=3)) as r:
+            await post(r, sample(1))
+            await until(lambda: relay_rows(state) == [(1, "failed", 1)])
+    finally:
+        await runner.cleanup()
+    assert gets == []
+    [(_, _, got, error, final)] = attempts(state)
+    assert (got, final) == (status, "failed")
+    assert error == "redirected to /new-webhook; pass that address to --forward-to"

@@ -181,15 +181,20 @@ def test_relay_lines_on_a_terminal_are_literal_and_coloured(state: Path) -> None
         row = add_delivery(conn, "890")
         add_attempt(conn, row, 1, None, "cannot connect: " + INJECTION, "pending")
         add_attempt(conn, row, 2, 200, None, "delivered")
-        wait_for(lambda: out.getvalue().count("\n") == 3)
+        other = add_delivery(conn, "891")
+        add_attempt(conn, other, 1, 301, "redirected to " + INJECTION, "failed")
+        wait_for(lambda: out.getvalue().count("\n") == 5)
     conn.close()
-    _, retried, delivered = out.getvalue().splitlines()
+    _, retried, delivered, _, redirected = out.getvalue().splitlines()
     plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in (retried, delivered)]
     assert all(line.startswith(f"#{row} ") for line in plain)
     assert plain[0].endswith("  relay      cannot connect: [red]boom[/red] "
                              "[link=https://evil.example]click[/link] "
                              "\\x1b[2J\\x1b]0;pwned\\x07 (4.2 ms), retrying")
     assert plain[1].endswith("  relay      attempt 2 → 200 in 4.2 ms (delivered)")
+    assert re.sub(r"\x1b\[[0-9;]*m", "", redirected).endswith(
+        "  relay      → 301 in 4.2 ms: redirected to [red]boom[/red] "
+        "[link=https://evil.example]click[/link] \\x1b[2J\\x1b]0;pwned\\x07 (failed)")
     assert "\x1b[2J" not in out.getvalue() and "\x07" not in out.getvalue()
     assert "(delivered)" in delivered and "32m" in delivered  # green
     assert "33m" in retried  # yellow: still pending
