@@ -413,20 +413,26 @@ class EventRows:
         table = Table(box=None, show_header=header, header_style="bold", pad_edge=False,
                       expand=True)
         # Fixed widths (or shares of what is left) so that rows printed one by one line up.
-        for title, width, ratio in _EVENT_COLUMNS:
-            table.add_column(title, width=width, ratio=ratio, no_wrap=True, overflow="ellipsis")
+        # Nothing is cut short: what is too long for its column goes on in the next line.
+        wide = self.console.width >= WIDE_CONSOLE
+        for title, narrow_size, wide_size in _EVENT_COLUMNS:
+            width, ratio = wide_size if wide else narrow_size
+            table.add_column(title, width=width, ratio=ratio, overflow="fold")
         return table
 
 
+# Title, then width or share of what is left, on a narrow screen and on a wide one.
 _EVENT_COLUMNS = (
-    ("Id", 6, None),
-    ("Action", 13, None),
-    ("Record", 18, None),
-    ("UniqueId", 9, None),
-    ("Description", None, 3),
-    ("User", None, 1),
-    ("Date (UTC)", 16, None),
+    ("Id", (7, None), (10, None)),
+    ("Action", (8, None), (13, None)),
+    ("Record", (11, None), (18, None)),
+    ("UniqueId", (8, None), (10, None)),
+    ("Description", (None, 2), (None, 3)),
+    ("User", (None, 1), (None, 1)),
+    ("Date (UTC)", (10, None), (16, None)),
 )
+# From this many columns on, room for any 32-bit number, most record names, and the time.
+WIDE_CONSOLE = 120
 
 
 def _minutes(date: Any) -> Any:

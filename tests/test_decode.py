@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -477,3 +478,24 @@ def test_a_raw_control_character_is_named_without_a_dangling_at(
     code, _, err = run(capsys, '{"a": "\x1b[31m"}')
     assert code == 7
     assert err.endswith("at line 1 column 8: Invalid control character\n")
+
+
+@pytest.mark.parametrize("columns", ["80", "160"])
+def test_ids_in_the_table_are_never_cut_short(
+    monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    screen = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setenv("COLUMNS", columns)
+    long_id, unique_id = 219023847562341, 2147483647
+    assert main(["decode", event(Id=long_id, UniqueId=unique_id)]) == 0
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in screen.getvalue().splitlines()]
+    header, *rows = lines
+    assert "…" not in "".join(rows)
+    # Each column's pieces, read down the lines of the one event, give the whole number.
+    ids = "".join(row[: header.index("Action")].strip() for row in rows)
+    uniques = "".join(row[header.index("UniqueId"): header.index("Description")].strip()
+                      for row in rows)
+    assert (ids, uniques) == (str(long_id), str(unique_id))
+    if columns == "160":
+        assert len(rows) == 2  # only the 15-digit Id folds; the 32-bit one fits
