@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import hmac
 import re
@@ -147,6 +148,12 @@ class DeliveryHandler:
         self.config = config
         self.log = logger or (lambda record: None)
         self.after_store = after_store
+        self._stopping = asyncio.Event()
+
+    def answer_now(self) -> None:
+        """serve is stopping: deliveries held by --delay are answered at once (they are
+        stored), instead of holding the stop up."""
+        self._stopping.set()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -206,8 +213,10 @@ class DeliveryHandler:
                          {"Retry-After": "5"})
         if self.after_store is not None:
             self.after_store(saved, request.headers.get("Authorization"))
-        if config.delay > 0 and saved.event is not None:
-            await asyncio.sleep(config.delay)
+        if config.delay > 0 and saved.event is not None and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(config.delay):
+                    await self._stopping.wait()
         self.log(RequestRecord(saved.http_status, saved.outcome, remote, body_size,
                                (time.perf_counter() - started) * 1000, saved.event, saved.row,
                                saved.reason))

@@ -26,7 +26,13 @@ from aiohttp import web
 from ot_hook import __version__, certs, credentials, home
 from ot_hook.forwarder import DEFAULT_RETRIES, Forwarder, ForwardTarget, describe
 from ot_hook.listener import PeekingTLSSite, bind
-from ot_hook.receiver import DEFAULT_MAX_BODY, Credentials, ReceiverConfig, create_server
+from ot_hook.receiver import (
+    DEFAULT_MAX_BODY,
+    Credentials,
+    DeliveryHandler,
+    ReceiverConfig,
+    create_server,
+)
 from ot_hook.requestlog import StatusLog, aiohttp_errors_to
 from ot_hook.sender import is_loopback
 from ot_hook.store import Saved, damage
@@ -166,6 +172,7 @@ class Receiver:
         self.options = options
         self._stderr = stderr
         self._exit = contextlib.ExitStack()
+        self._server: web.Server | None = None
         self._runner: web.ServerRunner | None = None
         self._relaying: asyncio.Task[None] | None = None
         self.state = options.home
@@ -261,6 +268,7 @@ class Receiver:
             access_log=None,
             keepalive_timeout=options.idle_timeout,  # also covers half-sent request headers
         )
+        self._server = server
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
         site = PeekingTLSSite(self._runner, sock, self.context, self.url,
@@ -298,6 +306,7 @@ class Receiver:
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             if self._runner is not None:
+                self._answer_now()
                 await self._runner.cleanup()  # stop accepting, finish in-flight requests
                 self._runner = None
             if self._relaying is not None:  # what is not relayed yet waits in the store
@@ -317,6 +326,11 @@ class Receiver:
                           f"({printable(problem)}): deliveries are still stored, but tail and "
                           "replay may not read them; stop serve and move the file aside")
 
+    def _answer_now(self) -> None:
+        handler = self._server.request_handler if self._server is not None else None
+        if isinstance(handler, DeliveryHandler):
+            handler.answer_now()
+
     def stop_at_once(self) -> None:
         """A second stop signal: do not wait for a stuck writer (none of what it holds was
         answered 200)."""
@@ -324,6 +338,12 @@ class Receiver:
         self.log.stopping_at_once()
         if self.store is not None:
             self.store.kill_writer()
+        if self._server is not None:  # a slow sender would otherwise hold the stop up
+            for connection in self._server.connections:
+                # abort, not close: a TLS close waits for the sender's close_notify.
+                if connection.transport is not None:
+                    connection.transport.abort()
+                connection.force_close()
 
 
 def run(options: ServeOptions, stderr: TextIO) -> None:

@@ -458,3 +458,50 @@ def test_a_second_signal_stops_at_once_when_the_writer_is_stuck(state: Path) -> 
 def _swallow(function: Any, *args: Any) -> None:
     with contextlib.suppress(OSError, http.client.HTTPException):
         function(*args)
+
+
+def test_a_stop_answers_deliveries_held_by_delay_at_once(state: Path) -> None:
+    # --delay holds the answer to a stored delivery; a stop must not wait it out (30 s here).
+    served = start_serve(state, "--delay", "30")
+    context = ssl.create_default_context(cafile=str(state / "ca.pem"))
+    statuses: list[int] = []
+
+    def deliver() -> None:
+        connection = http.client.HTTPSConnection("127.0.0.1", served.info.port,
+                                                 timeout=20, context=context)
+        try:
+            connection.request("POST", "/", body=sample(1), headers={"Authorization": basic()})
+            statuses.append(connection.getresponse().status)
+        finally:
+            connection.close()
+
+    held = threading.Thread(target=deliver, daemon=True)
+    held.start()
+    for _ in range(500):
+        if stored(state):
+            break
+        time.sleep(0.02)
+    assert stored(state) and not statuses  # stored, and held
+    served.process.send_signal(signal.SIGTERM)
+    held.join(timeout=20)
+    assert statuses == [200]
+    assert served.wait(timeout=10) == 0
+
+
+def test_a_second_signal_does_not_wait_for_a_slow_sender(state: Path) -> None:
+    """The first stop gives a sender that is still uploading a few seconds; the second one
+    closes its connection at once."""
+    served = start_serve(state)
+    context = ssl.create_default_context(cafile=str(state / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", served.info.port)) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as slow:
+        slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: " + basic().encode()
+                     + b"\r\nContent-Length: 500\r\n\r\n{\"Id\": ")
+        time.sleep(0.5)  # the receiver is reading the body
+        served.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert served.process.poll() is None  # the first stop waits for the sender
+        served.process.send_signal(signal.SIGTERM)
+        # serve gives in-flight deliveries 3 s after the first stop; at once is well under.
+        assert served.wait(timeout=1.5) == 130
+    assert "Traceback" not in served.stderr
