@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ot_hook.events import EventKey
+from ot_hook.textsafe import printable
 
 T = TypeVar("T")
 Outcome = Literal["accepted", "duplicate", "rejected"]
@@ -92,6 +93,11 @@ SCHEMA_VERSION = max(MIGRATIONS)
 
 class StoreError(Exception):
     """The store cannot be opened or written; the message is one line for the user."""
+
+
+class StoreNotSetUp(StoreError):
+    """The file is there but holds nothing yet: serve is making it, or it is a copy of a
+    store that serve was writing, made without its -wal file."""
 
 
 class StoreUnavailable(StoreError):
@@ -174,6 +180,18 @@ def create_private_file(path: Path) -> None:
         os.chmod(path, 0o600)
 
 
+def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
+    """An SQLite file that ot-hook did not make (no store version, but tables) is neither
+    read as a store nor given ot-hook's tables beside its own."""
+    tables = [row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name LIMIT 4")]
+    if tables:
+        named = ", ".join(printable(name) for name in tables[:3])
+        more = ", ..." if len(tables) > 3 else ""
+        raise StoreError(f"{path} is an SQLite file that ot-hook did not make (it has the "
+                         f"tables {named}{more}); move it aside, or use another --home")
+
+
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
@@ -206,36 +224,52 @@ def open_for_writing(path: Path, *, max_pages: int | None = None) -> sqlite3.Con
         create_private_file(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            _refuse_foreign(conn, path)  # before WAL mode, which would change its header
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit survives power loss too, not only a crash of this process.
         conn.execute("PRAGMA synchronous = FULL")
         if max_pages is not None:
             conn.execute(f"PRAGMA max_page_count = {int(max_pages)}")
         _migrate(conn, path)
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError, StoreError) as exc:
         if conn is not None:  # each failed attempt would otherwise keep its files open
             conn.close()
+        if isinstance(exc, StoreError):
+            raise
         detail = exc.strerror if isinstance(exc, OSError) else exc
         raise StoreError(f"cannot open the store {path}: {detail}") from None
     return conn
+
+
+def empty_store(path: Path) -> str:
+    return (f"the store {path} is empty: serve has not set it up yet, or it is a copy made "
+            f"while serve ran, without its {path.name}-wal")
 
 
 def open_for_reading(path: Path) -> sqlite3.Connection:
     """A read-only connection; each query is its own short transaction."""
     if not path.exists():
         raise StoreError(f"no store at {path} yet")
+    conn = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+        check_same_thread=False,
+    )  # opens lazily: an unreadable file fails at the first query
     try:
-        conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-            check_same_thread=False,
-        )
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 5000")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            _refuse_foreign(conn, path)
     except sqlite3.Error as exc:
+        conn.close()
         raise StoreError(f"cannot read the store {path}: {exc}") from None
+    except StoreError:
+        conn.close()
+        raise
     if version == 0:
-        raise StoreError(f"the store {path} is not set up yet")
+        conn.close()
+        raise StoreNotSetUp(empty_store(path))
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path} was written by a newer ot-hook; upgrade ot-hook")
     return conn

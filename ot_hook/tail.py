@@ -10,7 +10,6 @@ result whole so every read transaction ends at once, and asks SQLite `PRAGMA dat
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sqlite3
 import time
@@ -177,19 +176,8 @@ def open_reader(path: Path) -> sqlite3.Connection | None:
         return None
     try:
         return store.open_for_reading(path)
-    except store.StoreError:
-        if _schema_pending(path):
-            return None
-        raise
-
-
-def _schema_pending(path: Path) -> bool:
-    try:
-        uri = f"{path.resolve().as_uri()}?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-            return bool(conn.execute("PRAGMA user_version").fetchone()[0] == 0)
-    except sqlite3.Error:
-        return False
+    except store.StoreNotSetUp:
+        return None
 
 
 @dataclass(frozen=True)
@@ -397,9 +385,15 @@ def _wait_for_store(
     conn = open_reader(spec.path)
     if conn is not None:
         return conn
+    empty = spec.path.exists()
     if not spec.follow:
+        if empty:
+            raise NoStore(store.empty_store(spec.path))
         raise NoStore(f"no store at {spec.path} yet; start 'ot-hook serve' to make one")
-    status(f"no store at {spec.path} yet; waiting for 'ot-hook serve' to make one")
+    if empty:
+        status(f"{store.empty_store(spec.path)}; waiting for 'ot-hook serve' to set it up")
+    else:
+        status(f"no store at {spec.path} yet; waiting for 'ot-hook serve' to make one")
     while not stop():
         sleep(spec.wait_interval)
         conn = open_reader(spec.path)

@@ -59,6 +59,19 @@ def test_a_store_from_a_newer_ot_hook_is_refused(tmp_path: Path) -> None:
         store.open_for_writing(path)
 
 
+def test_an_sqlite_file_of_another_program_is_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE orders (id)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    for open_it in (store.open_for_writing, store.open_for_reading):
+        with pytest.raises(store.StoreError, match="ot-hook did not make .*tables orders"):
+            open_it(path)
+    assert path.read_bytes() == before  # no tables of ours were added beside its own
+
+
 def test_the_store_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     conn = store.open_for_writing(path)

@@ -246,6 +246,26 @@ def test_no_store_without_follow_says_so_and_exits_1(
     assert captured.out == "" and "no store" in captured.err
 
 
+def test_an_empty_or_foreign_store_file_is_named_for_what_it_is(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / "events.db"
+    path.touch()  # what a copy of a store that serve was writing may be, without its -wal
+    assert main(["tail", "--home", str(state), "--no-follow"]) == 1
+    err = capsys.readouterr().err
+    assert "is empty" in err and "events.db-wal" in err and "no store" not in err
+    path.unlink()
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE orders (id)")
+    conn.commit()
+    conn.close()
+    assert main(["tail", "--home", str(state), "--no-follow"]) == 1
+    err = capsys.readouterr().err
+    assert "is an SQLite file that ot-hook did not make (it has the tables orders)" in err
+    assert err.count("\n") == 1
+
+
 def test_a_pipe_gets_json_without_asking(day: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tail", "--home", str(day), "--no-follow", "-n", "2"]) == 0
     assert [json.loads(x)["row"] for x in capsys.readouterr().out.splitlines()] == [6, 7]
@@ -387,6 +407,19 @@ async def test_a_store_that_appears_later_is_followed(
     async with running(state) as receiver:
         await post(receiver, sample(30))
         assert (await follower.next_json())["event"]["Id"] == 30
+
+
+async def test_an_empty_store_file_is_followed_until_serve_sets_it_up(
+    state: Path, tail_process: list[TailProcess]
+) -> None:
+    state.mkdir(parents=True)
+    (state / "events.db").touch()
+    follower = TailProcess(state)
+    tail_process.append(follower)
+    assert "is empty" in await follower.status("waiting for 'ot-hook serve' to set it up")
+    async with running(state) as receiver:
+        await post(receiver, sample(31))
+        assert (await follower.next_json())["event"]["Id"] == 31
 
 
 async def test_following_survives_a_receiver_restart(
