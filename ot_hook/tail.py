@@ -75,12 +75,12 @@ class Filters:
             conditions.append("received_at >= ?")
             params.append(self.since)
         if self.grep:
-            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", self.grep) + "%"
+            # instr, not LIKE: LIKE stops at a NUL in the text. Both ignore ASCII case only.
             columns = ("description", "username", "unique_id", "reason", "CAST(body AS TEXT)")
             conditions.append(
-                "(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns) + ")"
+                "(" + " OR ".join(f"instr(lower({c}), lower(?)) > 0" for c in columns) + ")"
             )
-            params.extend([pattern] * len(columns))
+            params.extend([self.grep] * len(columns))
         return " AND ".join(conditions), params
 
 

@@ -67,7 +67,7 @@ def test_an_sqlite_file_of_another_program_is_left_as_it_was(tmp_path: Path) -> 
     conn.close()
     before = path.read_bytes()
     for open_it in (store.open_for_writing, store.open_for_reading):
-        with pytest.raises(store.StoreError, match="ot-hook did not make .*tables orders"):
+        with pytest.raises(store.StoreError, match=r"ot-hook did not make .*tables orders"):
             open_it(path)
     assert path.read_bytes() == before  # no tables of ours were added beside its own
 

@@ -120,7 +120,9 @@ def test_a_body_that_is_not_utf8_comes_as_base64(state: Path) -> None:
         ({"grep": "ready"}, [2]),
         ({"grep": "ann"}, [3]),
         ({"grep": "not json"}, [6]),  # found in the body of a rejected delivery
-        ({"grep": "100%"}, []),  # LIKE wildcards are taken literally
+        ({"grep": "100%"}, []),  # wildcards are taken literally
+        ({"grep": "Status_Changed"}, []),
+        ({"grep": "APPROVED"}, [3, 4, 5]),
         ({"since": "1h"}, [1, 2, 3, 4, 5, 6, 7]),
         ({"since": "2999-01-01T00:00+05:30"}, []),
         ({"actions": ["4"], "records": ["7"], "outcomes": ["duplicate"]}, [5]),
@@ -130,6 +132,13 @@ def test_each_filter_and_their_combination(day: Path, args: dict[str, Any],
                                            rows: list[int]) -> None:
     filters = tail.resolve_filters(**args)
     assert [line["row"] for line in shown(day, filters)] == rows
+
+
+def test_grep_finds_text_after_a_nul(state: Path) -> None:
+    # SQLite's LIKE stops at a NUL; a hostile sender could hide text from --grep behind one.
+    _fill(state, [sample(1, Description="a\u0000 needle"), b"\x00 needle {"])
+    filters = tail.resolve_filters(grep="NEEDLE")
+    assert [line["row"] for line in shown(state, filters)] == [1, 2]
 
 
 def test_last_n_counts_matching_rows_only(day: Path) -> None:
