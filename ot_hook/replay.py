@@ -79,6 +79,26 @@ def _selected(path: Path, selection: Selection) -> Iterator[store.StoredDelivery
         conn.close()
 
 
+def relay_targets(path: Path, states: tuple[str, ...]) -> list[str]:
+    """The --forward-to targets of the relays in these states, so that `replay --relay`
+    knows where to send with serve stopped. Raises ReplayError when the store cannot say."""
+    marks = ",".join("?" * len(states))
+    try:
+        with store.reading(path):
+            conn = store.open_for_reading(path)
+            try:
+                rows = conn.execute(
+                    f"SELECT DISTINCT target FROM relays WHERE state IN ({marks}) "
+                    "ORDER BY target LIMIT 4", states).fetchall()
+            finally:
+                conn.close()
+    except store.StoreError as exc:
+        raise ReplayError(str(exc)) from None
+    except sqlite3.OperationalError:  # a store from before serve --forward-to: no relays
+        return []
+    return [row[0] for row in rows]
+
+
 def outgoing(delivery: store.StoredDelivery) -> Outgoing:
     """What goes out: the stored bytes and content type, untouched."""
     return Outgoing.of(delivery.body, content_type=delivery.content_type)

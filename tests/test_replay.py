@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,14 @@ from tests.support import (
     sample,
     stored,
 )
+
+
+def relay_states(state: Path) -> list[str]:
+    conn = sqlite3.connect(state / "events.db")
+    try:
+        return [row[0] for row in conn.execute("SELECT state FROM relays ORDER BY row")]
+    finally:
+        conn.close()
 
 
 def replay(capsys: pytest.CaptureFixture[str], state: Path, *args: str) -> tuple[int, str, str]:
@@ -172,9 +181,11 @@ def test_relay_failed_selects_what_the_app_missed(
                 if len(received) == 2:
                     break
                 time.sleep(0.02)
-        code, out, err = replay(capsys, state, "--relay", "failed", "--dry-run", "--to", url)
+        # serve has stopped: the relays' own --forward-to target is where they go.
+        code, out, err = replay(capsys, state, "--relay", "failed", "--dry-run")
         assert code == 0, err
         assert [json.loads(line)["event"]["Id"] for line in out.splitlines()] == [1]
+        assert f"to {url}: the --forward-to target of these relays" in err
         # The app is fixed (it answers 200 now): replay what it missed, and only once.
         code, _, err = replay(capsys, state, "--relay", "failed", "--to", url)
         assert code == 0 and "marked 1 relays" in err
@@ -183,3 +194,20 @@ def test_relay_failed_selects_what_the_app_missed(
         assert (code, out) == (0, "") and "would send 0" in err
     code, _, err = replay(capsys, state, "--relay", "lost", "--to", url)
     assert code == 2 and "choose pending, delivered or failed" in err
+    code, _, err = replay(capsys, state, "--relay", "pending")
+    assert code == 2 and "no such relay" in err and "--to URL" in err
+
+
+def test_relays_for_two_targets_ask_which(capsys: pytest.CaptureFixture[str],
+                                          state: Path) -> None:
+    with recording_app([404]) as (first, _), recording_app([404]) as (second, _):
+        for url, event_id in ((first, 1), (second, 2)):
+            with running_in_thread(state, forward=ForwardOptions(url, retries=0)) as receiver:
+                post_sync(receiver, sample(event_id))
+                for _ in range(250):
+                    if relay_states(state).count("failed") == event_id:
+                        break
+                    time.sleep(0.02)
+    code, out, err = replay(capsys, state, "--relay", "failed", "--dry-run")
+    assert (code, out) == (2, "")
+    assert "more than one --forward-to target" in err and first in err and second in err

@@ -30,6 +30,7 @@ from ot_hook.cliutil import (
 from ot_hook.exitcodes import ExitCode
 from ot_hook.store import StoreError
 from ot_hook.terminal import Terminal
+from ot_hook.textsafe import printable
 
 if TYPE_CHECKING:
     from ot_hook.sender import Result, Target
@@ -49,7 +50,8 @@ def replay(
     to: Annotated[
         str | None,
         typer.Option(help="Where to send. Default: the running receiver's --forward-to "
-                     "target, else the receiver itself.", show_default=False),
+                     "target, else the receiver itself; with --relay and serve stopped, the "
+                     "target the relays were made for.", show_default=False),
     ] = None,
     row: Annotated[
         list[int] | None, typer.Option("--row", help="A store row, as tail shows it "
@@ -126,9 +128,9 @@ def replay(
              ExitCode.USAGE)
     selection = replaying.Selection(filters, tuple(row or ()), everything, states)
     info = home_files.read_serve_info(state)
-    if states and to is None and (info is None or info.forward_to is None):
-        fail("--relay picks deliveries for your app, and no receiver with --forward-to runs "
-             f"on {state}: say where with --to URL", ExitCode.USAGE)
+    from_store = states and to is None and (info is None or info.forward_to is None)
+    if from_store:
+        to = _stored_relay_target(state, states)
     destination = to or replaying.default_target(state) or "https://127.0.0.1:8443/"
     from ot_hook import sender
 
@@ -141,6 +143,8 @@ def replay(
     except replaying.ReplayError as exc:
         fail(str(exc), ExitCode.USAGE if selection.is_empty() else ExitCode.ERROR)
     terminal = Terminal()
+    if from_store:
+        terminal.status(f"to {printable(destination)}: the --forward-to target of these relays")
     if dry_run:
         _list(chosen, destination, terminal, json_output)
         return
@@ -172,6 +176,26 @@ def replay(
     if changed:
         terminal.status(f"marked {changed} relays to {destination} as delivered")
     raise typer.Exit(int(code))
+
+
+def _stored_relay_target(state: Path, states: tuple[str, ...]) -> str:
+    """With no receiver running, --relay sends to the --forward-to target that its relays
+    were made for, when they agree on one."""
+    from ot_hook import home as home_files
+    from ot_hook import replay as replaying
+
+    try:
+        targets = replaying.relay_targets(state / home_files.STORE, states)
+    except replaying.ReplayError as exc:
+        fail(str(exc), ExitCode.ERROR)
+    if len(targets) == 1:
+        return str(targets[0])
+    if not targets:
+        fail(f"--relay {' or '.join(states)}: no such relay in the store of {state}, and no "
+             "receiver with --forward-to runs there; say where with --to URL", ExitCode.USAGE)
+    listed = ", ".join(printable(target) for target in targets[:3])
+    fail(f"--relay picks deliveries for more than one --forward-to target ({listed}"
+         f"{', ...' if len(targets) > 3 else ''}): say which with --to URL", ExitCode.USAGE)
 
 
 def _list(
