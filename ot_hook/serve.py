@@ -124,6 +124,12 @@ class ForwardOptions:
         if self.user is not None and password is None:
             raise ServeError("--forward-user needs a password: --forward-password-file or "
                              "OT_HOOK_FORWARD_PASSWORD (use '' for an empty one)", usage=True)
+        if self.user is None and password is not None:
+            # Else the sender's own Authorization would silently no longer be passed through.
+            given = ("--forward-password-file" if self.password_file is not None
+                     else "--forward-password or OT_HOOK_FORWARD_PASSWORD")
+            raise ServeError(f"{given} needs --forward-user (--forward-user '' for a password "
+                             "alone)", usage=True)
         authorization = None
         if self.user is not None or password is not None:
             authorization = sender.basic_authorization(self.user or "", password or "")

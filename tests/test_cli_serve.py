@@ -143,6 +143,10 @@ def test_a_forward_url_that_cannot_work(
     (["--forward-to", "http://127.0.0.1:9/", "--forward-cacert", "/etc/hostname"],
      "--forward-cacert is for an https://"),
     (["--forward-insecure"], "these go with --forward-to"),
+    (["--forward-to", "http://127.0.0.1:9/", "--forward-password-file", "/etc/hostname"],
+     "--forward-password-file needs --forward-user"),
+    (["--forward-to", "http://127.0.0.1:9/", "--forward-password", "pw"],
+     "--forward-password or OT_HOOK_FORWARD_PASSWORD needs --forward-user"),
 ])
 def test_forward_options_that_cannot_take_effect(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str], message: str

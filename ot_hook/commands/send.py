@@ -98,7 +98,9 @@ def send_sample(
         str | None, typer.Option(help="ActionDate, e.g. 2022-01-03T10:26:12.2178450Z.")
     ] = None,
     scenario: Annotated[
-        str | None, typer.Option(help="Send a scenario's events in order ('list' lists them).",
+        str | None, typer.Option(help="Send a scenario's events in order ('list' lists them). "
+                                 "--action, --record, --id and the other field options "
+                                 "replace that field in every one of its events.",
                                  autocompletion=_complete_scenario)
     ] = None,
     file: Annotated[
