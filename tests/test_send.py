@@ -513,25 +513,38 @@ async def test_a_receiver_that_never_answers_times_out(tmp_path: Path) -> None:
         assert f"no answer from {server.url} within 0.3 s (--timeout)" in run.err
 
 
-async def test_ctrl_c_exits_130(tmp_path: Path) -> None:
-    arrived = asyncio.Event()
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_ctrl_c_or_a_kill_exits_130_with_the_summary_so_far(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    second = asyncio.Event()
+    seen = 0
 
-    async def silent(request: web.Request) -> web.Response:
-        arrived.set()
+    async def answers_once(request: web.Request) -> web.Response:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            return web.Response(text="ok")
+        second.set()
         await asyncio.sleep(WAIT)
         return web.Response()
 
-    async with tls_app(tmp_path, silent) as server:
+    async with tls_app(tmp_path, answers_once) as server:
         process = await asyncio.create_subprocess_exec(
             *ot_hook_command("send-sample", server.url, "--cacert", str(server.ca),
                              "--home", str(tmp_path), "--password", "x", "--count", "3"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
-        await asyncio.wait_for(arrived.wait(), WAIT)
-        process.send_signal(signal.SIGINT)
-        _, err = await asyncio.wait_for(process.communicate(), WAIT)
+        await asyncio.wait_for(second.wait(), WAIT)
+        process.send_signal(signum)
+        out, err = await asyncio.wait_for(process.communicate(), WAIT)
     assert process.returncode == ExitCode.INTERRUPTED
-    assert err.decode().strip() == "ot-hook: error: interrupted after 0 of 3 deliveries"
+    [first] = [json.loads(line) for line in out.decode().splitlines()]
+    assert first["status"] == 200
+    lines = err.decode().splitlines()
+    assert lines[0].startswith("sent 1 in ") and lines[0].endswith(": 200 x1")
+    assert lines[-1] == "ot-hook: error: interrupted after 1 of 3 deliveries"
+    assert "Traceback" not in err.decode()
 
 
 def test_the_exit_code_is_the_first_failure_in_order() -> None:

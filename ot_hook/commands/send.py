@@ -236,7 +236,11 @@ def send_and_report(
     terminal: Terminal, json_output: bool, after: Callable[[Result], None] | None = None,
 ) -> ExitCode:
     """Send, report each result (and hand it to `after`), then the summary; the exit code."""
-    from ot_hook.sender import Sender, SendError
+    import signal
+    import threading
+    import time
+
+    from ot_hook.sender import Sender, SendError, Summary
 
     report = Report(terminal, total, json_output)
 
@@ -245,18 +249,33 @@ def send_and_report(
         if after is not None:
             after(result)
 
+    sender = Sender(target, options, on_result)
+    started = time.perf_counter()
+    # A kill (SIGTERM) stops the way Ctrl-C does: with the summary of what was sent.
+    main_thread = threading.current_thread() is threading.main_thread()
+    stopped_by_kill = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         with report, _event_loop() as runner:
-            summary = runner.run(Sender(target, options, on_result).run(deliveries))
+            summary = runner.run(sender.run(deliveries))
     except SendError as exc:
         fail(str(exc), exc.code)
     except KeyboardInterrupt:
+        report.summary(Summary.of(sender.results, time.perf_counter() - started))
         fail(f"interrupted after {report.done} of {total} deliveries", ExitCode.INTERRUPTED)
     except BrokenPipeError:  # `| head`: the reader has what it wanted; stop quietly
         discard_stdout()
         return ExitCode.OK
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, stopped_by_kill)
     report.summary(summary)
     return summary.exit_code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    import signal
+
+    signal.raise_signal(signal.SIGINT)
 
 
 def _event_loop() -> asyncio.Runner:
