@@ -81,6 +81,8 @@ PasswordFileOption = Annotated[
 ]
 
 # Sending options: the same meaning for send-sample and replay.
+# One sending task and connection each: past this the sender spends its time starting them.
+MAX_CONCURRENCY = 10_000
 InsecureOption = Annotated[
     bool, typer.Option("--insecure", help="Do not verify the certificate (warns).")
 ]

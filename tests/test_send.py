@@ -652,3 +652,14 @@ def test_a_timeout_that_is_not_a_number_of_seconds_is_a_usage_error(
     code = main([command, "https://127.0.0.1:9/", "--home", str(state), "--timeout", timeout])
     err = capsys.readouterr().err
     assert code == 2 and "--timeout" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["send-sample", "replay"])
+def test_a_concurrency_beyond_reason_is_a_usage_error_not_a_hang(
+    capsys: pytest.CaptureFixture[str], state: Path, command: str
+) -> None:
+    # Each one is a task and a connection: 99999999999 of them took minutes and gigabytes.
+    code = main([command, "https://127.0.0.1:9/", "--home", str(state),
+                 "--concurrency", "99999999999"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--concurrency" in err and err.count("\n") == 1

@@ -12,6 +12,7 @@ import typer
 
 from ot_hook.cliutil import (
     ACTION_NAMES,
+    MAX_CONCURRENCY,
     OUTCOMES,
     RECORD_NAMES,
     HomeOption,
@@ -100,7 +101,8 @@ def replay(
     ] = None,
     insecure: InsecureOption = False,
     concurrency: Annotated[
-        int, typer.Option(min=1, help="Deliveries in flight at once; 1 keeps the stored order.")
+        int, typer.Option(min=1, max=MAX_CONCURRENCY,
+                          help="Deliveries in flight at once; 1 keeps the stored order.")
     ] = 1,
     timeout: TimeoutOption = 10.0,
     retries: RetriesOption = 0,

@@ -18,6 +18,7 @@ import typer
 from ot_hook import codes
 from ot_hook.cliutil import (
     ACTION_NAMES,
+    MAX_CONCURRENCY,
     RECORD_NAMES,
     HomeOption,
     InsecureOption,
@@ -112,7 +113,8 @@ def send_sample(
         int | None, typer.Option(min=1, help="How many events. Default 1; a scenario's own "
                                  "length, repeated day after day when larger.")
     ] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Deliveries in flight at once.")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, max=MAX_CONCURRENCY,
+                                             help="Deliveries in flight at once.")] = 1,
     rate: Annotated[
         float | None, typer.Option(min=0.001, help="At most this many deliveries per second.")
     ] = None,
