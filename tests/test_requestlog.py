@@ -17,8 +17,10 @@ class StuckStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
         self.release = threading.Event()
+        self.writing = threading.Event()
 
     def write(self, text: str) -> int:
+        self.writing.set()
         self.release.wait(30)
         return super().write(text)
 
@@ -26,7 +28,9 @@ class StuckStream(io.StringIO):
 def test_a_stuck_stderr_drops_lines_and_counts_them() -> None:
     stream = StuckStream()
     log = StatusLog(stream)
-    for n in range(QUEUE_LINES + 500):  # would hang here if line() waited for the stream
+    log.line("line 0")
+    assert stream.writing.wait(10)  # the log's writer holds line 0, stuck in write()
+    for n in range(1, QUEUE_LINES + 500):  # would hang here if line() waited for the stream
         log.line(f"line {n}")
     stream.release.set()
     log.close()
