@@ -98,6 +98,9 @@ def is_loopback(host: str) -> bool:
 def check_url(url: str, *, allow_http: bool = False) -> str:
     """The URL if we can send to it; a SendError (usage) naming the problem otherwise."""
     shown = re.sub(r"//[^/@]*@", "//***@", url)  # never echo a password given in the URL
+    if not url.strip():  # an unset variable, say: never the default target unseen
+        raise SendError("the URL is empty: give one, or leave it out for the receiver of "
+                        "--home", ExitCode.USAGE)
     if "://" not in url:
         raise SendError(f"the URL {shown!r} has no scheme; did you mean https://{shown} ?",
                         ExitCode.USAGE)

@@ -192,10 +192,31 @@ def test_relay_failed_selects_what_the_app_missed(
         assert received[-1].body == sample(1)
         code, out, err = replay(capsys, state, "--relay", "failed", "--dry-run", "--to", url)
         assert (code, out) == (0, "") and "would send 0" in err
+        code, out, err = replay(capsys, state, "--relay", "failed")  # serve stopped
+        assert (code, out) == (0, "") and "nothing matches" in err
     code, _, err = replay(capsys, state, "--relay", "lost", "--to", url)
     assert code == 2 and "choose pending, delivered or failed" in err
-    code, _, err = replay(capsys, state, "--relay", "pending")
-    assert code == 2 and "no such relay" in err and "--to URL" in err
+    code, _, err = replay(capsys, state, "--relay", "pending", "--to", "")
+    assert code == 2 and "--to is empty" in err
+
+
+def test_relay_without_any_relays_asks_where(capsys: pytest.CaptureFixture[str],
+                                             filled: Path) -> None:
+    code, out, err = replay(capsys, filled, "--relay", "failed")
+    assert (code, out) == (2, "") and "holds no relays" in err and "--to URL" in err
+
+
+@pytest.mark.parametrize("command", [["replay", "--all", "--to"], ["send-sample"]])
+def test_an_empty_url_is_refused_not_the_default(
+    capsys: pytest.CaptureFixture[str], filled: Path, command: list[str]
+) -> None:
+    # An unset variable ("--to $APP_URL") once resent the whole store to the receiver.
+    with running_in_thread(filled):
+        before = len(stored(filled))
+        code = main([*command, "", "--home", str(filled)])
+        assert len(stored(filled)) == before
+    err = capsys.readouterr().err
+    assert code == 2 and "empty" in err and err.count("\n") == 1
 
 
 def test_relays_for_two_targets_ask_which(capsys: pytest.CaptureFixture[str],

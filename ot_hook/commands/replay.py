@@ -133,6 +133,8 @@ def replay(
     from_store = states and to is None and (info is None or info.forward_to is None)
     if from_store:
         to = _stored_relay_target(state, states)
+    if to is not None and not to.strip():  # an unset variable: never the default unseen
+        fail("--to is empty: give your app's URL, or leave it out", ExitCode.USAGE)
     destination = to or replaying.default_target(state) or "https://127.0.0.1:8443/"
     from ot_hook import sender
 
@@ -188,13 +190,16 @@ def _stored_relay_target(state: Path, states: tuple[str, ...]) -> str:
 
     try:
         targets = replaying.relay_targets(state / home_files.STORE, states)
+        if not targets:  # none in these states: where the others went, to say "nothing"
+            targets = replaying.relay_targets(state / home_files.STORE,
+                                              replaying.RELAY_STATES)
     except replaying.ReplayError as exc:
         fail(str(exc), ExitCode.ERROR)
     if len(targets) == 1:
         return str(targets[0])
     if not targets:
-        fail(f"--relay {' or '.join(states)}: no such relay in the store of {state}, and no "
-             "receiver with --forward-to runs there; say where with --to URL", ExitCode.USAGE)
+        fail(f"--relay: the store of {state} holds no relays, and no receiver with "
+             "--forward-to runs there; say where with --to URL", ExitCode.USAGE)
     listed = ", ".join(printable(target) for target in targets[:3])
     fail(f"--relay picks deliveries for more than one --forward-to target ({listed}"
          f"{', ...' if len(targets) > 3 else ''}): say which with --to URL", ExitCode.USAGE)

@@ -223,7 +223,8 @@ def _target(
     from ot_hook import credentials, sender
 
     try:
-        chosen_url = sender.check_url(url or sender.default_url(state), allow_http=allow_http)
+        chosen_url = sender.check_url(url if url is not None else sender.default_url(state),
+                                      allow_http=allow_http)
         creds = credentials.for_sender(user, password, password_file, state)
         return sender.target(chosen_url, creds.user, creds.password, state=state,
                              cacert=cacert, insecure=insecure, allow_http=allow_http)
