@@ -2,6 +2,6 @@
 
 import sys
 
-from ot_hook.cli import main
+from ot_hook.launch import main
 
 sys.exit(main())

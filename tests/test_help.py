@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
 import pytest
 import typer
 
@@ -34,3 +39,30 @@ def test_command_help_ends_with_examples(name: str, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "Examples:" in out
     assert out.rstrip().splitlines()[-1].strip().startswith("ot-hook ")
+
+
+def test_ctrl_c_while_still_importing_is_exit_130_not_a_traceback() -> None:
+    # Ctrl-C in the first tenth of a second lands in `import typer`: make it land there.
+    script = (
+        "import builtins, sys\n"
+        "real_import = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'typer':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real_import(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+        "sys.argv = ['ot-hook', 'decode', '4']\n"
+        "from ot_hook.launch import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
+
+
+def test_the_script_and_python_m_start_through_the_guard() -> None:
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["ot-hook"] == "ot_hook.launch:main"
+    done = subprocess.run([sys.executable, "-m", "ot_hook", "--version"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("ot-hook ")
