@@ -214,6 +214,10 @@ class Receiver:
         if any(not name.strip() for name in options.hostnames):
             raise ServeError("--hostname is empty: give a name or address for the certificate",
                              usage=True)
+        for name in options.hostnames:
+            if any(c.isspace() or not c.isprintable() for c in name):
+                raise ServeError(f"--hostname {printable(name)!r}: a name or address has no "
+                                 "spaces or control characters", usage=True)
         # Absolute, so that serve.json and the banner's curl line work from any directory.
         self.state = state = home.ensure_home(options.home.absolute())
         self._exit.enter_context(home.serve_lock(state))

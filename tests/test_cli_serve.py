@@ -158,7 +158,8 @@ def test_forward_options_that_cannot_take_effect(
 
 
 @pytest.mark.parametrize("flags", [
-    ["--host", ""], ["--hostname", " "], ["--cert", "x.pem"], ["--user", "a:b"],
+    ["--host", ""], ["--hostname", " "], ["--hostname", "bad\nname"], ["--hostname", "a b"],
+    ["--cert", "x.pem"], ["--user", "a:b"],
     ["--status-code", "101"],  # an informational status is never a final answer
     ["--forward-to", ""],  # an unset variable must not turn relaying off unseen
 ])
