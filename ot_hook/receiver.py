@@ -17,6 +17,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -127,7 +128,41 @@ def create_server(
     handler = DeliveryHandler(store, credentials, config or ReceiverConfig(), logger, after_store)
     # Bodies are decoded here, not by aiohttp: an encoding it cannot undo (br without Brotli,
     # zstd) would otherwise be refused before the handler, and the delivery not stored.
-    return web.Server(handler, auto_decompress=False, **server_options)
+    return _Server(handler, auto_decompress=False, **server_options)
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, with connections that answer a request they cannot parse
+    in words of their own."""
+
+    def __call__(self) -> web.RequestHandler:
+        # What web.Server.__call__ does, with our connection class (aiohttp has no option).
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+class _Connection(web.RequestHandler):
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """aiohttp's stock page for a request that is not valid HTTP quotes the raw bytes it
+        choked on, an Authorization header among them: ours names only the fault. Such a
+        request is logged (one line, without secrets), never stored: it could not be read
+        far enough to know who sent it."""
+        # Even a garbage first line (aiohttp logs that at debug level only) is said.
+        self.logger.warning("Error handling request from %s", request.remote, exc_info=exc)
+        if request.writer.output_size > 0:  # an answer has begun: the connection is broken
+            raise ConnectionError("an answer was already sent; cannot send the error")
+        try:
+            title = f"{status} {HTTPStatus(status).phrase}"
+        except ValueError:
+            title = str(status)
+        fault = " ".join(without_secrets(message or "").split())
+        text = f"{title}: {fault}" if fault else title
+        if status == 400:
+            text += " (the request is not valid HTTP/1.1, and was not stored)"
+        response = _text(status, printable(text))
+        response.force_close()
+        return response
 
 
 def _text(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
