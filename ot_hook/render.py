@@ -38,8 +38,9 @@ RECORD_WIDTH = len("Purchase Order")
 # For programs ------------------------------------------------------------------------------
 
 
-def to_json(delivery: StoredDelivery) -> dict[str, Any]:
-    """The delivery as the JSON object `tail --json` prints (one per line)."""
+def to_json(delivery: StoredDelivery, *, headers: bool = False) -> dict[str, Any]:
+    """The delivery as the JSON object `tail --json` prints (one per line); `headers` (-v)
+    adds the stored headers as [name, value] pairs, in the order they came."""
     d = delivery
     obj: dict[str, Any] = {
         "row": d.row,
@@ -56,6 +57,8 @@ def to_json(delivery: StoredDelivery) -> dict[str, Any]:
         "ActionTypeName": _name(codes.action_name, d.action_type),
         "RecordTypeName": _name(codes.record_name, d.record_type),
     }
+    if headers:
+        obj["headers"] = [[name, value] for name, value in d.headers]
     text = body_text(d.body)
     if text is None:
         obj["body_base64"] = base64.b64encode(d.body).decode("ascii")
@@ -64,9 +67,9 @@ def to_json(delivery: StoredDelivery) -> dict[str, Any]:
     return obj
 
 
-def json_line(delivery: StoredDelivery) -> str:
+def json_line(delivery: StoredDelivery, *, headers: bool = False) -> str:
     # ASCII only: any reader can take it, whatever the locale, and no byte can be an escape.
-    return json.dumps(to_json(delivery), ensure_ascii=True)
+    return json.dumps(to_json(delivery, headers=headers), ensure_ascii=True)
 
 
 def relay_to_json(attempt: RelayAttempt) -> dict[str, Any]:

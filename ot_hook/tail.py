@@ -433,7 +433,7 @@ def printer(terminal: Terminal, look: Look) -> Callable[[Shown], None]:
             if isinstance(item, RelayAttempt):
                 out.write(render.relay_json_line(item) + "\n")
             else:
-                out.write(render.json_line(item) + "\n")
+                out.write(render.json_line(item, headers=look.verbose) + "\n")
             out.flush()
 
         return print_json

@@ -189,6 +189,18 @@ def test_verbose_shows_headers_and_pretty_json_literally(day: Path) -> None:
     assert "\x1b[2J" not in text and "\\u001b[2J" in text
 
 
+def test_verbose_json_lines_carry_the_stored_headers(day: Path) -> None:
+    out = io.StringIO()
+    spec = tail.Follow(day / home.STORE, last=1, follow=False)
+    tail.run(spec, Terminal(stdout=out, stderr=io.StringIO(), stdout_isatty=False),
+             tail.Look(verbose=True))
+    [line] = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert ["Content-Type", "application/octet-stream"] in line["headers"]
+    assert all(name.lower() != "authorization" for name, _ in line["headers"])
+    assert list(line)[-2:] == ["headers", "body"]
+    assert "headers" not in shown(day)[0]  # only with -v
+
+
 def test_no_color_means_no_colour_codes(day: Path) -> None:
     text = pretty(day, no_color=True)
     assert "\x1b[3" not in text  # rich keeps bold with NO_COLOR, but drops every colour

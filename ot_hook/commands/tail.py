@@ -50,7 +50,8 @@ def tail(
     ] = False,
     utc: Annotated[bool, typer.Option("--utc", help="Show times in UTC, not local time.")] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Add the headers and the body.")
+        bool, typer.Option("--verbose", "-v",
+                           help="Add the headers and the body (to JSON lines: the headers).")
     ] = False,
     action: Annotated[
         list[str] | None,
