@@ -197,7 +197,9 @@ def _json_lines(data: bytes) -> list[bytes]:
             line = line.removeprefix(b"\xef\xbb\xbf")
         try:
             obj = json.loads(line)
-        except (ValueError, RecursionError) as exc:
+        except RecursionError:
+            raise BadInput(f"line {number} is not JSON: nested too deeply") from None
+        except ValueError as exc:
             raise BadInput(f"line {number} is not JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise BadInput(f"line {number} is not a JSON object")

@@ -295,7 +295,8 @@ class Summary:
     def lines(self) -> list[str]:
         statuses = ", ".join(f"{label} x{count}" for label, count in self.by_status.items())
         lines = [
-            f"sent {self.sent} in {self.seconds:.2f} s ({self.per_second:.1f}/s): {statuses}",
+            f"sent {self.sent} in {self.seconds:.2f} s ({self.per_second:.1f}/s)"
+            + (f": {statuses}" if statuses else ""),
             f"latency p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms",
         ]
         for kind, (count, message) in self.failures.items():

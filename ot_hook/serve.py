@@ -457,10 +457,12 @@ def banner(
     curl = ["curl"]
     if ca_path is not None:
         curl += ["--cacert", str(ca_path)]
-    curl += ["-u", f"{creds.user}:****", "-H", "Content-Type: application/json",
+    hidden = "****" if creds.password else ""  # an empty password has nothing to hide
+    curl += ["-u", f"{creds.user}:{hidden}", "-H", "Content-Type: application/json",
              "--data-binary", SAMPLE, url]
     lines.append("  try          " + " ".join(shlex.quote(part) for part in curl))
-    lines.append("               (put the password in place of ****)")
+    if hidden:
+        lines.append("               (put the password in place of ****)")
     if creds.password == "":
         lines.append("  WARNING      the password is empty: whoever knows the user name gets in")
     if not is_loopback(options.host):

@@ -251,6 +251,8 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
     """A read-only connection; each query is its own short transaction."""
     if not path.exists():
         raise StoreError(f"no store at {path} yet")
+    if path.is_dir():  # SQLite would say only "disk I/O error"
+        raise StoreError(f"{path} is a directory, not a store; move it aside")
     conn = sqlite3.connect(
         f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
         check_same_thread=False,

@@ -489,6 +489,15 @@ def resolve_filters(
         ids=parse_ids(ids),
         unique_ids=tuple(unique_ids),
         outcomes=parse_outcomes(outcomes),
-        since=parse_since(since, now=now, tz=tz) if since is not None else None,
+        since=_since(since, now, tz),
         grep=grep or None,
     )
+
+
+def _since(text: str | None, now: datetime | None, tz: tzinfo | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return parse_since(text, now=now, tz=tz)
+    except FilterError as exc:
+        raise FilterError(f"--since: {exc}") from None

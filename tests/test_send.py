@@ -350,6 +350,10 @@ async def test_file_with_generating_options_or_bad_json_is_refused(
     assert run.code == ExitCode.USAGE and "does not go with --count" in one_line_error(run)
     run = await send(capsys, state, "--file", str(path))
     assert run.code == ExitCode.BAD_INPUT and "line 2 is not JSON" in one_line_error(run)
+    path.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    run = await send(capsys, state, "--file", str(path))
+    assert run.code == ExitCode.BAD_INPUT
+    assert one_line_error(run).endswith("line 1 is not JSON: nested too deeply")
 
 
 async def test_file_from_stdin_in_a_subprocess(state: Path, receiver: Receiver) -> None:
@@ -600,7 +604,7 @@ def test_a_terminal_gets_a_line_per_delivery_then_the_summary() -> None:
     report.summary(sender.Summary.of([], 0.1))
     text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
     assert text.splitlines()[0] == "200  Id 5  Change Status Sales Order 890  3 ms"
-    assert "sent 0 in 0.10 s" in text
+    assert "sent 0 in 0.10 s (0.0/s)\n" in text  # nothing after it: no dangling colon
 
 
 def test_help_does_not_import_aiohttp() -> None:

@@ -342,6 +342,8 @@ async def test_an_empty_password_works_with_a_warning(state: Path) -> None:
         assert (await post(receiver, SAMPLE, auth=basic(USER, ""))).status == 200
         assert (await post(receiver, SAMPLE, auth=basic(USER, "x"))).status == 401
     assert "the password is empty" in err.getvalue()
+    assert f"-u {USER}: " in err.getvalue()  # a curl line that works as it is
+    assert "****" not in err.getvalue()
 
 
 async def test_a_relative_home_is_written_absolute(

@@ -285,6 +285,10 @@ def test_an_empty_or_foreign_store_file_is_named_for_what_it_is(
     err = capsys.readouterr().err
     assert "is an SQLite file that ot-hook did not make (it has the tables orders)" in err
     assert err.count("\n") == 1
+    path.unlink()
+    path.mkdir()
+    assert main(["tail", "--home", str(state), "--no-follow"]) == 1
+    assert "events.db is a directory, not a store" in capsys.readouterr().err
 
 
 def test_a_pipe_gets_json_without_asking(day: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -511,13 +515,14 @@ def test_the_library_follows_with_an_injected_terminal_and_stop(state: Path) -> 
 
 
 @pytest.mark.parametrize("since", ["800000d", "9999999999d", "0001-01-01"])
-def test_a_since_out_of_the_range_of_dates_is_a_usage_error(since: str) -> None:
-    from ot_hook.tail import FilterError, parse_since
+def test_a_since_out_of_the_range_of_dates_is_a_usage_error(
+    since: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ot_hook.cli import main
 
-    try:
-        parse_since(since)
-    except FilterError as exc:
-        assert "\n" not in str(exc)
+    assert main(["tail", "--home", str(tmp_path), "--no-follow", "--since", since]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ot-hook: error: --since: ") and err.count("\n") == 1
 
 
 def test_an_empty_since_is_a_usage_error_not_no_filter(
