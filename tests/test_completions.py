@@ -95,3 +95,11 @@ def test_bash_completes_code_names_and_scenarios() -> None:
     assert "purchaseOrder" in complete_in_bash("ot-hook send-sample --record pur")
     assert complete_in_bash("ot-hook replay --action Crea") == ["Create"]
     assert complete_in_bash("ot-hook send-sample --scenario ") == ["day", "list"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+def test_bash_completes_decode_terms() -> None:
+    assert complete_in_bash("ot-hook decode --list ") == ["all", "actions", "records"]
+    assert complete_in_bash("ot-hook decode --list a") == ["all", "actions"]
+    assert complete_in_bash("ot-hook decode ChangeS") == ["ChangeStatus"]
+    assert "SalesOrder" in complete_in_bash("ot-hook decode Sal")

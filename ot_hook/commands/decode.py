@@ -30,6 +30,15 @@ EPILOG = """Examples:
 """
 
 
+def _complete_terms(ctx: typer.Context, incomplete: str) -> list[str]:
+    """After --list, the two tables; else the names of both (codes need no completing)."""
+    if ctx.params.get("list_codes"):
+        from ot_hook.decode import TABLE_WORDS
+
+        return [word for word in TABLE_WORDS if word.startswith(incomplete.lower())]
+    return ACTION_NAMES(incomplete) + RECORD_NAMES(incomplete)
+
+
 def decode(
     terms: Annotated[
         list[str] | None,
@@ -38,6 +47,7 @@ def decode(
             "both tables), Audit Trail JSON, or - to read JSON or JSON Lines from stdin. "
             "With --list: actions or records.",
             show_default=False,
+            autocompletion=_complete_terms,
         ),
     ] = None,
     action: Annotated[
