@@ -98,8 +98,10 @@ def serve(
     forward_password: Annotated[
         str | None,
         typer.Option(envvar="OT_HOOK_FORWARD_PASSWORD", show_envvar=False,
-                     help="Basic Auth password for --forward-to (or the environment's "
-                     "OT_HOOK_FORWARD_PASSWORD).", rich_help_panel="Forwarding"),
+                     help="Basic Auth password for --forward-to. Prefer "
+                     "OT_HOOK_FORWARD_PASSWORD or --forward-password-file: a password on the "
+                     "command line is visible in the process list.",
+                     rich_help_panel="Forwarding"),
     ] = None,
     forward_password_file: Annotated[
         Path | None,
