@@ -170,6 +170,16 @@ def test_explicit_credentials_are_sent(capsys: pytest.CaptureFixture[str], fille
     assert received[0].headers["Authorization"] == basic("app", "pw")
 
 
+def test_credentials_never_go_in_the_clear_to_another_machine_unasked(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    # Refused before any connection is tried: nothing leaves this machine.
+    code, out, err = replay(capsys, filled, "--row", "2", "--to", "http://192.0.2.1:3000/hook",
+                            "--user", "app", "--password", "pw")
+    assert (code, out) == (2, "")
+    assert "in the clear to 192.0.2.1" in err and "--allow-http" in err and "pw" not in err
+
+
 def test_relay_failed_selects_what_the_app_missed(
     capsys: pytest.CaptureFixture[str], state: Path
 ) -> None:

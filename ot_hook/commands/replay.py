@@ -100,6 +100,10 @@ def replay(
                                   dir_okay=False)
     ] = None,
     insecure: InsecureOption = False,
+    allow_http: Annotated[
+        bool, typer.Option("--allow-http", help="Send Basic Auth over plain http:// to another "
+                           "machine (to this one it goes without asking).")
+    ] = False,
     concurrency: Annotated[
         int, typer.Option(min=1, max=MAX_CONCURRENCY,
                           help="Deliveries in flight at once; 1 keeps the stored order.")
@@ -155,7 +159,8 @@ def replay(
     if not chosen:
         terminal.status("nothing matches: no delivery sent")
         return
-    target = _target(destination, state, user, password, password_file, cacert, insecure)
+    target = _target(destination, state, user, password, password_file, cacert, insecure,
+                     allow_http)
     if insecure:
         terminal.status("ot-hook: warning: --insecure: the certificate is not verified")
     from ot_hook.commands.send import send_and_report
@@ -231,9 +236,10 @@ def _print_all(chosen: list[StoredDelivery], terminal: Terminal, json_output: bo
 
 def _target(
     url: str, state: Path, user: str | None, password: str | None, password_file: Path | None,
-    cacert: Path | None, insecure: bool,
+    cacert: Path | None, insecure: bool, allow_http: bool,
 ) -> Target:
     from dataclasses import replace
+    from urllib.parse import urlsplit
 
     from ot_hook import credentials, home, sender
 
@@ -242,6 +248,12 @@ def _target(
     explicit = user is not None or password is not None or password_file is not None
     try:  # allow_http: the user's app often listens on plain HTTP
         if to_our_receiver or explicit:
+            parts = urlsplit(url)
+            if (parts.scheme.lower() == "http" and not allow_http
+                    and not sender.is_loopback(parts.hostname or "")):
+                fail(f"replay would send the password in the clear to {parts.hostname} "
+                     "(http://): use https://, leave the credentials out, or pass "
+                     "--allow-http", ExitCode.USAGE)
             creds = credentials.for_sender(user, password, password_file, state)
             return sender.target(url, creds.user, creds.password, state=state, cacert=cacert,
                                  insecure=insecure, allow_http=True)
