@@ -252,9 +252,13 @@ class DeliveryHandler:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(config.delay):
                     await self._stopping.wait()
+        reason = saved.reason
+        if request.transport is None:  # stored, but the answer will reach nobody
+            reason = f"{reason}; " if reason else ""
+            reason += "the sender hung up before the answer"
         self.log(RequestRecord(saved.http_status, saved.outcome, remote, body_size,
                                (time.perf_counter() - started) * 1000, saved.event, saved.row,
-                               saved.reason))
+                               reason))
         return _text(saved.http_status, _answer(saved))
 
 

@@ -522,3 +522,21 @@ def test_a_second_signal_does_not_wait_for_a_slow_sender(state: Path) -> None:
         # serve gives in-flight deliveries 3 s after the first stop; at once is well under.
         assert served.wait(timeout=1.5) == 130
     assert "Traceback" not in served.stderr
+
+
+async def test_the_log_says_when_a_sender_hung_up_before_its_answer(state: Path) -> None:
+    # --delay exists to try a sender's timeout: the log must not read as if the 200 arrived.
+    err = io.StringIO()
+    async with Receiver(options(state, quiet=False, delay=2.0), err) as receiver:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await post(receiver, SAMPLE)
+        for _ in range(200):
+            if "200 accepted" in err.getvalue():
+                break
+            await asyncio.sleep(0.02)
+        assert (await post(receiver, sample(2))).status == 200  # one that waits gets it
+    [hung_up, waited] = [line for line in err.getvalue().splitlines() if " 200 " in line]
+    assert "(the sender hung up before the answer)" in hung_up
+    assert "hung up" not in waited
+    assert len(stored(state)) == 2
