@@ -48,6 +48,8 @@ VALID_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
 SHUTDOWN_TIMEOUT = 3.0  # in-flight deliveries get this long to finish after a stop request
+WRITER_STALLED = 5.0  # seconds without an answer from the writer, while deliveries wait
+WATCH_INTERVAL = 1.0
 SAMPLE = (
     '{"Id": 1947, "ActionType": 4, "RecordType": 7, "UniqueId": 890, '
     '"Description": "Status Changed to Approved", "Username": "Jimmy Hendrix", '
@@ -181,6 +183,7 @@ class Receiver:
         self._server: web.Server | None = None
         self._runner: web.ServerRunner | None = None
         self._relaying: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
         self.state = options.home
         self.url = ""
         self.port = 0
@@ -287,6 +290,7 @@ class Receiver:
         await site.start()
         if self.forwarder is not None:
             self._relaying = asyncio.create_task(self.forwarder.run())
+        self._watching = asyncio.create_task(watch_writer(self.store, self.log))
         home.write_serve_info(
             self.state,
             home.ServeInfo(
@@ -324,6 +328,9 @@ class Receiver:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._relaying
                 self._relaying = None
+            if self._watching is not None:
+                self._watching.cancel()
+                self._watching = None
             if self.store is not None:  # in a thread, so that stop_at_once can still come
                 await self.store.aclose()
         finally:
@@ -354,6 +361,23 @@ class Receiver:
                 if connection.transport is not None:
                     connection.transport.abort()
                 connection.force_close()
+
+
+async def watch_writer(store: Store, log: StatusLog) -> None:
+    """Say when the writer stops answering (a stopped process, a hung disk): the deliveries
+    wait unanswered, which no request line would show until it answers or dies."""
+    warned = False
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        seconds, waiting = store.stalled()
+        if not warned and seconds >= WRITER_STALLED:
+            waits = "1 delivery waits" if waiting == 1 else f"{waiting} deliveries wait"
+            log.line(f"WARNING: the store's writer has not answered for {seconds:.0f} s; "
+                     f"{waits} unanswered (a stopped process, a hung disk?)")
+            warned = True
+        elif warned and seconds < WRITER_STALLED:
+            log.line("store: the writer answers again")
+            warned = False
 
 
 def run(options: ServeOptions, stderr: TextIO) -> None:

@@ -254,6 +254,7 @@ class Store:
         self._outbox = bytearray()  # sent, but not yet taken by the socket
         self._send_when_writable = False  # whether the loop calls _send once it can
         self._waiting: collections.deque[asyncio.Future[Saved]] = collections.deque()
+        self._progress_at = 0.0  # the last answer, or the first delivery to wait since
         self._stopped_at = 0.0
 
     def open(self) -> None:
@@ -301,6 +302,8 @@ class Store:
         if loop is not self._loop:
             self._attach(loop)
         future: asyncio.Future[Saved] = loop.create_future()
+        if not self._waiting:
+            self._progress_at = time.monotonic()
         self._waiting.append(future)
         # Sent at once: the writer commits whatever has come by the time it is free (group
         # commit). Sending once per turn of the loop instead moved the connections in
@@ -391,7 +394,15 @@ class Store:
         for answer in self._frames.feed(data):
             self._settle(answer)
 
+    def stalled(self) -> tuple[float, int]:
+        """Seconds since the writer last answered while deliveries wait (0 when none wait),
+        and how many wait."""
+        if not self._waiting:
+            return 0.0, 0
+        return time.monotonic() - self._progress_at, len(self._waiting)
+
     def _settle(self, answer: Answer) -> None:
+        self._progress_at = time.monotonic()
         count, saved, error, notice = answer
         if notice is not None:
             self._replaced(notice)

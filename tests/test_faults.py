@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ot_hook import home
+from ot_hook import home, serve
 from ot_hook.events import InvalidDelivery, parse_body
 from ot_hook.serve import Receiver
 from tests.support import (
@@ -169,6 +169,28 @@ async def test_a_killed_writer_gets_503s_never_200s_then_a_new_one_takes_over(
     kept = {row.event_id for row in stored(state)}
     assert acknowledged | {5000} <= kept
     assert integrity(state) == "ok"
+
+
+async def test_a_stopped_writer_is_said_and_so_is_its_return(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGSTOP (or a hung disk): deliveries wait unanswered, and no request line would say so.
+    monkeypatch.setattr(serve, "WRITER_STALLED", 1.0)
+    monkeypatch.setattr(serve, "WATCH_INTERVAL", 0.1)
+    err = io.StringIO()
+    async with running(state, stderr=err) as receiver:
+        writer = receiver.store.writer_pid
+        assert writer is not None
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            waiting = asyncio.create_task(post(receiver, sample(1)))
+            assert await eventually(lambda: "has not answered for" in err.getvalue())
+            assert "1 delivery waits unanswered" in err.getvalue()
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        assert (await waiting).status == 200
+        assert await eventually(lambda: "the writer answers again" in err.getvalue())
+    assert [row.event_id for row in stored(state)] == [1]
 
 
 async def open_tls(receiver: Receiver) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
