@@ -140,12 +140,28 @@ def write_serve_info(state: Path, info: ServeInfo) -> None:
 
 
 def read_serve_info(state: Path) -> ServeInfo | None:
-    """The receiver's serve.json, or None when there is none (or it is unreadable)."""
+    """The running receiver's serve.json; None when there is none, it is unreadable, or the
+    serve that wrote it is gone (SIGKILL leaves it behind)."""
     try:
         data: dict[str, Any] = json.loads((state / SERVE_INFO).read_text(encoding="utf-8"))
-        return ServeInfo(**data)
+        info = ServeInfo(**data)
     except (OSError, ValueError, TypeError):
         return None
+    return info if _alive(info.pid) else None
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False  # not a pid serve wrote
+    if os.name != "posix":  # no cheap check there (signal 0 is not one on Windows)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or a pid we cannot ask about
+    return True
 
 
 def remove_serve_info(state: Path, pid: int) -> None:

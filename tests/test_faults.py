@@ -105,6 +105,8 @@ def test_sigkill_loses_no_acknowledged_delivery(state: Path) -> None:
     assert integrity(state) == "ok"
     kept = {row.event_id for row in stored(state)}
     assert acknowledged <= kept
+    # serve.json is left behind, but names a process that is gone: no command trusts it.
+    assert (state / "serve.json").exists() and home.read_serve_info(state) is None
 
     again = start_serve(state, "--quiet")  # the lock died with the process
     try:
