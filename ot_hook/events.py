@@ -7,6 +7,7 @@ object is a `NotAnEvent` (HTTP 422). Both carry a one-line reason that is safe t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -16,8 +17,34 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from ot_hook import codes
+from ot_hook.textsafe import printable
 
 REQUIRED_INT_FIELDS = ("Id", "ActionType", "RecordType")
+
+
+@functools.lru_cache(maxsize=64)  # a sender repeats its Content-Type
+def content_type_warning(content_type: str | None) -> str | None:
+    """What is odd about a delivery's Content-Type (Order Time sends application/json in
+    UTF-8); None when nothing is, or when there is none. The body is read as JSON anyway."""
+    if content_type is None:
+        return None
+    media = content_type.partition(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        return f"Content-Type is {printable(media) or 'empty'}, not application/json"
+    charset = foreign_charset(content_type)
+    if charset is not None:
+        return f"Content-Type declares charset={charset}; the body was read as UTF-8"
+    return None
+
+
+def foreign_charset(content_type: str) -> str | None:
+    """The charset a Content-Type declares, when it is not UTF-8 (shown safely)."""
+    for parameter in content_type.partition(";")[2].split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"')
+            return None if charset.lower() in ("utf-8", "utf8") else printable(charset)
+    return None
 KNOWN_FIELDS = frozenset(
     {"Id", "ActionType", "RecordType", "UniqueId", "Description", "Username", "ActionDate"}
 )

@@ -23,6 +23,7 @@ or a closed terminal reaches the whole process group, and the receiver stops it 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import pickle
@@ -40,7 +41,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import ot_hook
 from ot_hook import codes
-from ot_hook.events import AuditEvent, EventKey, InvalidDelivery, parse_body
+from ot_hook.events import (
+    AuditEvent,
+    EventKey,
+    InvalidDelivery,
+    content_type_warning,
+    foreign_charset,
+    parse_body,
+)
 from ot_hook.store import (
     Delivery,
     Outcome,
@@ -196,13 +204,22 @@ def _headers_json(headers: Any) -> str:
 
 def _check(row: Row) -> tuple[AuditEvent | None, int, str | None]:
     """The event in a row's body, and the status and reason to answer it with."""
-    body, status, refused = row[6], row[8], row[9]
+    content_type, body, status, refused = row[4], row[6], row[8], row[9]
     if refused is not None:
         return None, refused[0], refused[1]
+    odd_type = content_type_warning(content_type)
     try:
-        return parse_body(body), status, None
+        event = parse_body(body)
     except InvalidDelivery as exc:
+        charset = foreign_charset(content_type) if content_type and "UTF-8" in exc.reason \
+            else None
+        if charset is not None:  # the sender's mistake, named
+            return None, exc.status, f"{exc.reason}; it declares charset={charset}, and " \
+                "deliveries are UTF-8"
         return None, exc.status, exc.reason
+    if odd_type is not None:
+        event = dataclasses.replace(event, warnings=(*event.warnings, odd_type))
+    return event, status, None
 
 
 def _event_columns(event: AuditEvent | None) -> tuple[Any, ...]:

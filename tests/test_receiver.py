@@ -78,6 +78,25 @@ async def test_any_content_type_is_accepted(
     assert row.body == SAMPLE
     if content_type:
         assert row.content_type == content_type
+    # Accepted all the same, but what Order Time would not send is noted.
+    sent = row.content_type or ""  # with none given, aiohttp's client sends octet-stream
+    assert row.warnings == ([] if sent.startswith("application/json") else
+                            [f"Content-Type is {sent}, not application/json"])
+
+
+async def test_a_foreign_charset_is_noted_and_named_when_the_body_is_not_utf8(
+    receiver: Receiver, state: Path
+) -> None:
+    latin1 = "application/json; charset=ISO-8859-1"
+    assert (await post(receiver, SAMPLE, headers={"Content-Type": latin1})).status == 200
+    body = sample(2).replace(b"Approved", "Approuvé".encode("latin-1"))  # é is one byte
+    answer = await post(receiver, body, headers={"Content-Type": latin1})
+    assert answer.status == 400
+    assert "it declares charset=ISO-8859-1, and deliveries are UTF-8" in answer.text
+    accepted, rejected = stored(state)
+    assert accepted.warnings == [
+        "Content-Type declares charset=ISO-8859-1; the body was read as UTF-8"]
+    assert rejected.reason is not None and "charset=ISO-8859-1" in rejected.reason
 
 
 async def test_utf8_byte_order_mark_is_accepted_and_kept(receiver: Receiver, state: Path) -> None:
@@ -320,8 +339,11 @@ async def test_the_users_own_codes_reach_the_writer(state: Path, tmp_path: Path)
     codes.use(decode.load_tables(path))
     try:
         async with running(state) as receiver:
-            assert (await post(receiver, sample(1, ActionType=42))).status == 200
-            assert (await post(receiver, sample(2, ActionType=43))).status == 200
+            json_type = {"Content-Type": "application/json"}
+            assert (await post(receiver, sample(1, ActionType=42), headers=json_type)).status \
+                == 200
+            assert (await post(receiver, sample(2, ActionType=43), headers=json_type)).status \
+                == 200
     finally:
         codes.use(codes.BUILTIN)
     known, unknown = stored(state)
