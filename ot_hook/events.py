@@ -217,17 +217,23 @@ def _usual_event(event_id: str, action: str, record: str, number: str | None,
                  text_id: str | None, description: str, username: str,
                  action_date: str) -> AuditEvent:
     """The event of a body `_USUAL_SHAPE` matched, with the warnings `validate` would give."""
-    action_type, record_type = int(action), int(record)
+    identifier, action_type, record_type = int(event_id), int(action), int(record)
     warnings = []
+    if identifier <= 0:
+        warnings.append(_id_warning(identifier))
     if codes.action_name(action_type) is None:
         warnings.append(f"unknown ActionType {action_type}")
     if codes.record_name(record_type) is None:
         warnings.append(f"unknown RecordType {record_type}")
     if parse_action_date(action_date) is None:
         warnings.append(_ACTION_DATE_WARNING)
-    return AuditEvent(int(event_id), action_type, record_type,
+    return AuditEvent(identifier, action_type, record_type,
                       int(number) if number is not None else text_id,  # type: ignore[arg-type]
                       description, username, action_date, tuple(warnings))
+
+
+def _id_warning(event_id: int) -> str:
+    return f"Id {event_id} is not positive (Order Time numbers its Audit Trail from 1)"
 
 
 def _has_lone_surrogate(text: str) -> bool:
@@ -290,6 +296,8 @@ def validate(obj: Any) -> AuditEvent:
         unique_id = str(unique_id)
 
     warnings: list[str] = []
+    if event_id <= 0:
+        warnings.append(_id_warning(event_id))
     if isinstance(unique_id, str) and type(obj["UniqueId"]) is float:
         # Kept as text; the raw body keeps the digits as sent (a float may have rounded them).
         warnings.append(f"UniqueId is not a whole number (read as {unique_id})")

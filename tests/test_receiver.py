@@ -232,6 +232,8 @@ async def test_gzip_body_is_decoded_and_capped_after_decoding(state: Path) -> No
         ({"RecordType": 4242}, "unknown RecordType 4242"),
         ({"Extra": 1}, "extra fields: Extra"),
         ({"UniqueId": 890.5}, "UniqueId is not a whole number (read as 890.5)"),
+        ({"Id": 0}, "Id 0 is not positive"),
+        ({"Id": -5}, "Id -5 is not positive"),
     ],
 )
 async def test_oddities_are_accepted_with_a_warning(
