@@ -354,7 +354,7 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
 def _broke(exc: aiohttp.ClientError) -> str:
     """The error's name, and its words when they are words: a ServerDisconnectedError carries
     aiohttp's parsed message object, a dump of its internals."""
-    text = str(exc)
+    text = str(exc).replace("[Errno None] ", "")  # an OSError made without an errno
     if not text or text.startswith("<"):
         return exc.__class__.__name__
     return f"{exc.__class__.__name__}: {text}"

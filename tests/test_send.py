@@ -646,6 +646,10 @@ def test_a_broken_connection_is_named_without_aiohttp_internals() -> None:
     assert _broke(plain) == "ServerDisconnectedError: Server disconnected"
     assert _broke(aiohttp.ClientPayloadError("Response payload is not completed")) == \
         "ClientPayloadError: Response payload is not completed"
+    assert _broke(aiohttp.ClientOSError(None, "Can not write request body")) == \
+        "ClientOSError: Can not write request body"  # no "[Errno None]"
+    assert _broke(aiohttp.ClientOSError(32, "Broken pipe")) == \
+        "ClientOSError: [Errno 32] Broken pipe"
 
 
 @pytest.mark.parametrize("command", ["send-sample", "replay"])
