@@ -517,9 +517,12 @@ async def test_a_receiver_that_never_answers_times_out(tmp_path: Path) -> None:
         assert f"no answer from {server.url} within 0.3 s (--timeout)" in run.err
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(("signum", "as_background_job"), [
+    (signal.SIGINT, False), (signal.SIGTERM, False),
+    (signal.SIGTERM, True),  # a script's background job ignores SIGINT
+])
 async def test_ctrl_c_or_a_kill_exits_130_with_the_summary_so_far(
-    tmp_path: Path, signum: signal.Signals
+    tmp_path: Path, signum: signal.Signals, as_background_job: bool
 ) -> None:
     second = asyncio.Event()
     seen = 0
@@ -538,6 +541,8 @@ async def test_ctrl_c_or_a_kill_exits_130_with_the_summary_so_far(
             *ot_hook_command("send-sample", server.url, "--cacert", str(server.ca),
                              "--home", str(tmp_path), "--password", "x", "--count", "3"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            if as_background_job else None,
         )
         await asyncio.wait_for(second.wait(), WAIT)
         process.send_signal(signum)

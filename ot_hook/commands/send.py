@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from ot_hook.sender import Outgoing, Result, SendOptions, Summary, Target
 
+T = TypeVar("T")
 LINE_LIMIT = 50  # up to this many deliveries get a line each on a terminal; more get a bar
 
 EPILOG = """Examples:
@@ -239,8 +240,7 @@ def send_and_report(
     terminal: Terminal, json_output: bool, after: Callable[[Result], None] | None = None,
 ) -> ExitCode:
     """Send, report each result (and hand it to `after`), then the summary; the exit code."""
-    import signal
-    import threading
+    import asyncio
     import time
 
     from ot_hook.sender import Sender, SendError, Summary
@@ -254,31 +254,38 @@ def send_and_report(
 
     sender = Sender(target, options, on_result)
     started = time.perf_counter()
-    # A kill (SIGTERM) stops the way Ctrl-C does: with the summary of what was sent.
-    main_thread = threading.current_thread() is threading.main_thread()
-    stopped_by_kill = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         with report, _event_loop() as runner:
-            summary = runner.run(sender.run(deliveries))
+            summary = runner.run(_until_killed(sender.run(deliveries)))
     except SendError as exc:
         fail(str(exc), exc.code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or a kill (SIGTERM)
         report.summary(Summary.of(sender.results, time.perf_counter() - started))
         fail(f"interrupted after {report.done} of {total} deliveries", ExitCode.INTERRUPTED)
     except BrokenPipeError:  # `| head`: the reader has what it wanted; stop quietly
         discard_stdout()
         return ExitCode.OK
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, stopped_by_kill)
     report.summary(summary)
     return summary.exit_code
 
 
-def _interrupt(signum: int, frame: object) -> None:
+async def _until_killed(work: Coroutine[Any, Any, T]) -> T:
+    """`work`, cancelled by SIGTERM as Ctrl-C cancels it, so that a kill also ends with the
+    summary. (Not by turning it into SIGINT: a background job of a script ignores that.)"""
+    import asyncio
     import signal
 
-    signal.raise_signal(signal.SIGINT)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    try:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    except (NotImplementedError, RuntimeError, ValueError):  # Windows; not the main thread
+        return await work
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _event_loop() -> asyncio.Runner:
