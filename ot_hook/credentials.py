@@ -88,9 +88,12 @@ def for_serve(
 
 
 def for_sender(
-    user: str | None, password: str | None, password_file: Path | None, state: Path
+    user: str | None, password: str | None, password_file: Path | None, state: Path,
+    url: str | None = None,
 ) -> ResolvedCredentials:
-    """Explicit credentials, else those of the receiver running on `state`."""
+    """Explicit credentials, else those of the receiver of `state`: the password it keeps
+    goes only to `url` when that can be this receiver (https:// on this machine, on its port
+    while it runs), never to another app."""
     info = home.read_serve_info(state)
     chosen_user = _check_user(
         user if user is not None else (info.user if info else home.DEFAULT_USER)
@@ -103,6 +106,10 @@ def for_sender(
             f"the receiver running on {state} (pid {info.pid}) was given its own password: "
             "pass the same with OT_HOOK_PASSWORD or --password-file"
         )
+    if url is not None and not _may_be_the_receiver(url, info):
+        raise CredentialsError(
+            f"no password for {url}: pass --password-file or set OT_HOOK_PASSWORD (the "
+            f"password that serve keeps in {state} goes only to that receiver)", usage=True)
     kept = _kept(lambda: home.read_password(state))
     if kept is None:
         raise CredentialsError(
@@ -110,3 +117,18 @@ def for_sender(
             "of an ot-hook serve that generated one"
         )
     return ResolvedCredentials(chosen_user, kept)
+
+
+def _may_be_the_receiver(url: str, info: home.ServeInfo | None) -> bool:
+    from urllib.parse import urlsplit
+
+    from ot_hook.sender import is_loopback
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 443
+    except ValueError:
+        return False
+    if parts.scheme.lower() != "https" or not is_loopback(parts.hostname or ""):
+        return False
+    return info is None or port == info.port

@@ -676,3 +676,24 @@ def test_a_concurrency_beyond_reason_is_a_usage_error_not_a_hang(
                  "--concurrency", "99999999999"])
     err = capsys.readouterr().err
     assert code == 2 and "--concurrency" in err and err.count("\n") == 1
+
+
+def test_the_kept_password_goes_only_to_the_receiver_of_home(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from ot_hook import home
+    from tests.support import recording_app
+
+    state = home.ensure_home(tmp_path / "home")
+    kept, _ = home.load_or_create_password(state)  # what serve makes when given none
+    with recording_app() as (url, received):  # the user's own app, on this machine
+        code = main(["send-sample", f"{url}/hook", "--allow-http", "--home", str(state)])
+        err = capsys.readouterr().err
+    assert code == 2 and received == []
+    assert "no password for" in err and "goes only to that receiver" in err
+    assert kept not in err
+    # To where this home's receiver listens (none runs: any https port on this machine).
+    from ot_hook import credentials
+
+    chosen = credentials.for_sender(None, None, None, state, "https://localhost:8443/")
+    assert chosen.password == kept

@@ -226,7 +226,7 @@ def _target(
     try:
         chosen_url = sender.check_url(url if url is not None else sender.default_url(state),
                                       allow_http=allow_http)
-        creds = credentials.for_sender(user, password, password_file, state)
+        creds = credentials.for_sender(user, password, password_file, state, chosen_url)
         return sender.target(chosen_url, creds.user, creds.password, state=state,
                              cacert=cacert, insecure=insecure, allow_http=allow_http)
     except credentials.CredentialsError as exc:
