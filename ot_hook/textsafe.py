@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
-# C0 and C1 controls, DEL, and the bidirectional overrides that can reorder a line on screen.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls, DEL, the bidirectional overrides that can reorder a line on screen, and
+# lone surrogates: a header byte that was not UTF-8 (\udc9b) would go out as that raw byte
+# (0x9b, an 8-bit CSI) when written with surrogateescape.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def printable(text: str) -> str:

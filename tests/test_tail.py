@@ -586,3 +586,13 @@ def test_verbose_says_how_much_of_a_cut_body_arrived(body_size: int, said: str) 
         username=None, action_date=None)
     text = render.details(replace(delivery, body_size=body_size)).plain
     assert text.rstrip().endswith(said)
+
+
+def test_a_header_byte_that_was_not_utf8_reaches_the_screen_escaped() -> None:
+    # aiohttp keeps such a byte as a lone surrogate; written out with surrogateescape it
+    # would be the raw byte 0x9b, which terminals read as CSI (an escape sequence's start).
+    from ot_hook.textsafe import printable
+
+    shown = printable("a\udc9b31mred \x9b \x1b[2J \u202e")
+    assert shown == "a\\udc9b31mred \\x9b \\x1b[2J \\u202e"
+    assert shown.isascii()
