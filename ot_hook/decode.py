@@ -356,15 +356,17 @@ def write_json_lines(decoder: Decoder, events: Iterable[Event], stream: TextIO, 
     flushed as it comes; otherwise lines go out in batches, which matters when stdout is
     unbuffered (PYTHONUNBUFFERED)."""
     pending: list[str] = []
-    for event in events:
-        pending.append(decoder.json_line(event, ascii_only=ascii_only))
-        if live or len(pending) >= batch:
+    try:
+        for event in events:
+            pending.append(decoder.json_line(event, ascii_only=ascii_only))
+            if live or len(pending) >= batch:
+                stream.write("\n".join(pending) + "\n")
+                stream.flush()
+                pending.clear()
+    finally:  # bad input later on: what was good before it still goes out, as when live
+        if pending:
             stream.write("\n".join(pending) + "\n")
-            stream.flush()
-            pending.clear()
-    if pending:
-        stream.write("\n".join(pending) + "\n")
-    stream.flush()
+        stream.flush()
 
 
 def print_codes(console: Console, entries: list[Code]) -> None:

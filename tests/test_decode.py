@@ -499,3 +499,14 @@ def test_ids_in_the_table_are_never_cut_short(
     assert (ids, uniques) == (str(long_id), str(unique_id))
     if columns == "160":
         assert len(rows) == 2  # only the 15-digit Id folds; the 32-bit one fits
+
+
+@pytest.mark.parametrize("good", [1, 300])
+def test_good_lines_before_a_bad_one_are_all_written_whatever_the_batching(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, good: int
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(event(Id=n) + "\n" for n in range(1, good + 1)) + "junk\n")
+    code, out, err = run(capsys, "--file", str(path))
+    assert code == 7 and f"line {good + 1}" in err
+    assert [json.loads(line)["Id"] for line in out.splitlines()] == list(range(1, good + 1))
