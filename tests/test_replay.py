@@ -242,3 +242,5 @@ def test_relays_for_two_targets_ask_which(capsys: pytest.CaptureFixture[str],
     code, out, err = replay(capsys, state, "--relay", "failed", "--dry-run")
     assert (code, out) == (2, "")
     assert "more than one --forward-to target" in err and first in err and second in err
+    code, out, err = replay(capsys, state, "--relay", "pending", "--dry-run")
+    assert (code, out) == (0, "") and "nothing matches: no relay is pending" in err

@@ -195,13 +195,15 @@ def _stored_relay_target(state: Path, states: tuple[str, ...]) -> str:
 
     try:
         targets = replaying.relay_targets(state / home_files.STORE, states)
-        if not targets:  # none in these states: where the others went, to say "nothing"
-            targets = replaying.relay_targets(state / home_files.STORE,
-                                              replaying.RELAY_STATES)
+        others = [] if targets else replaying.relay_targets(state / home_files.STORE,
+                                                            replaying.RELAY_STATES)
     except replaying.ReplayError as exc:
         fail(str(exc), ExitCode.ERROR)
     if len(targets) == 1:
         return str(targets[0])
+    if not targets and others:  # relays there are, none in these states: nothing to send
+        Terminal().status(f"nothing matches: no relay is {' or '.join(states)}")
+        raise typer.Exit(int(ExitCode.OK))
     if not targets:
         fail(f"--relay: the store of {state} holds no relays, and no receiver with "
              "--forward-to runs there; say where with --to URL", ExitCode.USAGE)
