@@ -216,7 +216,7 @@ class Forwarder:
         state, retry_in = outcome_of(status, attempt, self._target.retries, hinted,
                                      lasting=lasting)
         result = AttemptResult(relay.row, attempt, status, millis, error, state, retry_in)
-        await self._writer.run(lambda conn: record_attempt(conn, result))
+        await self._writer.run(lambda conn: record_attempt(conn, result, self._target.url))
         if state != "pending":
             self.live_authorization.pop(relay.row, None)
         self._report(result)
@@ -233,11 +233,13 @@ def pending_relays(reader: sqlite3.Connection, limit: int = 1000) -> list[Relay]
     return [Relay(*row) for row in rows]
 
 
-def record_attempt(conn: sqlite3.Connection, result: AttemptResult) -> None:
+def record_attempt(conn: sqlite3.Connection, result: AttemptResult, target: str) -> None:
+    """The attempt, and the relay's new state; `target` is where it went (serve may have been
+    started again with another --forward-to since the relay was queued)."""
     next_at = time.time() + result.retry_in if result.retry_in is not None else 0
     updated = conn.execute(
-        "UPDATE relays SET state = ?, attempts = ?, next_at = ? WHERE row = ?",
-        (result.state, result.attempt, next_at, result.row),
+        "UPDATE relays SET state = ?, attempts = ?, next_at = ?, target = ? WHERE row = ?",
+        (result.state, result.attempt, next_at, target, result.row),
     )
     if updated.rowcount == 0:  # pruned while the attempt was in flight: nothing to attach to
         return

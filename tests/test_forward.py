@@ -175,6 +175,21 @@ async def test_a_restart_resumes_what_was_not_relayed(state: Path) -> None:
     assert "Authorization" not in app.received[0][1]
 
 
+async def test_a_restart_with_another_target_records_where_relays_went(state: Path) -> None:
+    gone = f"http://127.0.0.1:{free_port()}/ordertime-webhook"  # nothing listens there
+    async with running(state, forward=ForwardOptions(gone, retries=50)) as r:
+        await post(r, sample(1))
+        await until(lambda: len(attempts(state)) >= 1)
+    async with user_app(App()) as app, running(state, forward=ForwardOptions(app.url)):
+        await until(lambda: relay_rows(state)[0][1] == "delivered")
+    conn = sqlite3.connect(state / home.STORE)
+    try:
+        [(target,)] = conn.execute("SELECT target FROM relays").fetchall()
+    finally:
+        conn.close()
+    assert target == app.url  # where it was delivered, not where it was first meant to go
+
+
 async def test_each_record_keeps_its_arrival_order_under_concurrency(state: Path) -> None:
     rng = random.Random(7)
     app = App(delay=lambda: rng.uniform(0, 0.02), answer=lambda n: 503 if n % 5 == 0 else 200)
