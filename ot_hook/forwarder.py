@@ -197,13 +197,16 @@ class Forwarder:
             async with session.post(
                 self._target.url, data=relay.body, headers=headers, allow_redirects=False
             ) as answer:
-                # Only the status counts; the start of the body is read so that a short
-                # answer leaves the connection for the next relay, a long one is cut off.
-                await read_start(answer)
+                # Only the status counts: once it came, a body that stalls or breaks does
+                # not make the app's answer "no answer" (nor the relay go again).
                 status = answer.status
                 hinted = retry_after(answer.headers.get("Retry-After"))
                 if 300 <= status < 400:
                     error = redirect_reason(answer.headers.get("Location"))
+                try:  # the start of the body: a short answer leaves the connection for the
+                    await read_start(answer)  # next relay, a long one is cut off
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    answer.close()
         except TimeoutError:
             error = f"no answer within {TIMEOUT:g} s"
         except aiohttp.ClientConnectorCertificateError as exc:

@@ -305,3 +305,36 @@ async def test_a_redirect_is_a_failed_relay_not_followed(state: Path, status: in
     [(_, _, got, error, final)] = attempts(state)
     assert (got, final) == (status, "failed")
     assert error == "redirected to /new-webhook; pass that address to --forward-to"
+
+
+async def test_a_200_whose_body_stalls_counts_and_is_not_relayed_again(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ot_hook import forwarder
+
+    monkeypatch.setattr(forwarder, "TIMEOUT", 0.5)
+    received = 0
+
+    async def stalling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        await reader.readexactly(length)
+        received += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok, got")  # then nothing
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    app = await asyncio.start_server(stalling, "127.0.0.1", 0)
+    port = app.sockets[0].getsockname()[1]
+    try:
+        forward = ForwardOptions(f"http://127.0.0.1:{port}/hook", retries=3)
+        async with running(state, forward=forward) as r:
+            await post(r, sample(1))
+            await until(lambda: relay_rows(state) == [(1, "delivered", 1)])
+            await asyncio.sleep(0.5)  # no second attempt follows
+    finally:
+        app.close()
+    assert received == 1
+    assert attempts(state) == [(1, 1, 200, None, "delivered")]
