@@ -262,9 +262,14 @@ def redirect_reason(location: str | None) -> str:
 
 
 def _reason(error: BaseException) -> str:
+    """One line for serve's log and the relay_attempts table."""
     if isinstance(error, aiohttp.ClientConnectorError):
-        return f"cannot connect: {error.strerror or error}"
-    return str(error) or error.__class__.__name__
+        text = f"cannot connect: {error.strerror or error}"
+    elif isinstance(error, aiohttp.ClientResponseError):  # aiohttp could not parse the answer
+        text = f"the app's answer is not valid HTTP: {error.message}"
+    else:
+        text = str(error) or error.__class__.__name__
+    return " ".join(text.split())
 
 
 def describe(result: AttemptResult) -> str:

@@ -338,3 +338,24 @@ async def test_a_200_whose_body_stalls_counts_and_is_not_relayed_again(
         app.close()
     assert received == 1
     assert attempts(state) == [(1, 1, 200, None, "delivered")]
+
+
+async def test_an_answer_that_is_not_http_is_one_line_naming_it(state: Path) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"garbage\r\nmore\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    app = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = app.sockets[0].getsockname()[1]
+    try:
+        forward = ForwardOptions(f"http://127.0.0.1:{port}/hook", retries=0)
+        async with running(state, forward=forward) as r:
+            await post(r, sample(1))
+            await until(lambda: relay_rows(state) == [(1, "failed", 1)])
+    finally:
+        app.close()
+    [(_, _, status, error, _)] = attempts(state)
+    assert status is None and error is not None
+    assert error.startswith("the app's answer is not valid HTTP: ") and "\n" not in error
