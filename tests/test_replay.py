@@ -244,3 +244,25 @@ def test_relays_for_two_targets_ask_which(capsys: pytest.CaptureFixture[str],
     assert "more than one --forward-to target" in err and first in err and second in err
     code, out, err = replay(capsys, state, "--relay", "pending", "--dry-run")
     assert (code, out) == (0, "") and "nothing matches: no relay is pending" in err
+
+
+def test_replay_to_the_app_never_hands_it_the_receivers_credentials(
+    capsys: pytest.CaptureFixture[str], state: Path
+) -> None:
+    with recording_app() as (url, received):
+        forward = ForwardOptions(url, user="app", password="app-pw")
+        with running_in_thread(state, forward=forward) as receiver:
+            post_sync(receiver, sample(1))
+            for _ in range(250):
+                if received:
+                    break
+                time.sleep(0.02)
+            relayed = len(received)
+            code, _, err = replay(capsys, state, "--row", "1", "--user", USER,
+                                  "--password", PASSWORD)
+            assert code == 2 and "as user 'app'" in err and "--user app" in err
+            assert len(received) == relayed  # nothing went out
+            code, _, err = replay(capsys, state, "--row", "1", "--user", "app",
+                                  "--password", "app-pw")
+            assert code == 0, err
+    assert received[-1].headers["Authorization"] == basic("app", "app-pw")

@@ -240,6 +240,7 @@ def _target(
     url: str, state: Path, user: str | None, password: str | None, password_file: Path | None,
     cacert: Path | None, insecure: bool, allow_http: bool,
 ) -> Target:
+    import shlex
     from dataclasses import replace
     from urllib.parse import urlsplit
 
@@ -248,6 +249,13 @@ def _target(
     info = home.read_serve_info(state)
     to_our_receiver = info is not None and url == info.url
     explicit = user is not None or password is not None or password_file is not None
+    to_the_app = info is not None and url == info.forward_to
+    if to_the_app and info is not None and info.forward_user is not None and explicit \
+            and user != info.forward_user:
+        # The receiver's own credentials are not the app's: never hand them to the app.
+        fail(f"serve relays to {url} as user {printable(info.forward_user)!r}: pass --user "
+             f"{shlex.quote(info.forward_user)} and that user's password (--password-file)",
+             ExitCode.USAGE)
     try:  # allow_http: the user's app often listens on plain HTTP
         if to_our_receiver or explicit:
             parts = urlsplit(url)
