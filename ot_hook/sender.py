@@ -313,6 +313,7 @@ class SendOptions:
     rate: float | None = None  # deliveries per second, over all connections
     timeout: float = 10.0  # seconds for each attempt, connection included
     retries: int = 0  # more attempts after connection errors, 429 and 5xx
+    command: str = "send-sample"  # named in the User-Agent
 
 
 @dataclass(frozen=True)
@@ -412,7 +413,7 @@ class Sender:
         connector = aiohttp.TCPConnector(ssl=self.target.ssl, limit=options.concurrency)
         headers = {
             "Content-Type": "application/json; charset=utf-8",
-            "User-Agent": f"ot-hook/{__version__} send-sample",
+            "User-Agent": f"ot-hook/{__version__} {options.command}",
         }
         if self.target.authorization is not None:
             headers["Authorization"] = self.target.authorization

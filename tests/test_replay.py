@@ -266,3 +266,4 @@ def test_replay_to_the_app_never_hands_it_the_receivers_credentials(
                                   "--password", "app-pw")
             assert code == 0, err
     assert received[-1].headers["Authorization"] == basic("app", "app-pw")
+    assert received[-1].headers["User-Agent"].endswith(" replay")

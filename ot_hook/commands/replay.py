@@ -166,7 +166,7 @@ def replay(
     from ot_hook.commands.send import send_and_report
     from ot_hook.sender import SendOptions
 
-    options = SendOptions(concurrency, None, timeout, retries)
+    options = SendOptions(concurrency, None, timeout, retries, command="replay")
     outgoing = (replaying.outgoing(delivery) for delivery in chosen)
     delivered: dict[int, int] = {}  # store row -> status, of each 2xx
 
