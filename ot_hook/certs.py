@@ -100,15 +100,31 @@ def fingerprint(cert_path: Path) -> str:
     return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
 
 
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKey
+
+
 def server_context(cert_file: Path, key_file: Path | None = None) -> ssl.SSLContext:
     """A server TLS context (TLS 1.2 at least) presenting the given certificate chain."""
     for path in (cert_file, key_file):
-        if path is not None and not path.is_file():
+        if path is not None and not path.exists():
             raise CertError(f"cannot read {path}: no such file")
+        if path is not None and not path.is_file():
+            raise CertError(f"cannot read {path}: not a regular file")
+        if path is not None and path.stat().st_size == 0:
+            raise CertError(f"cannot read {path}: it is empty")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(cert_file, key_file)
+        # Never OpenSSL's passphrase prompt: serve often runs with no one at the terminal.
+        context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    except _EncryptedKey:
+        raise CertError(f"the key {key_file or cert_file} is protected by a passphrase: give "
+                        "serve an unencrypted copy (openssl pkey -in KEY -out PLAIN)") from None
     except (ssl.SSLError, OSError) as exc:
         raise CertError(
             f"cannot use the certificate {cert_file}"

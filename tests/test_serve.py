@@ -109,6 +109,30 @@ async def test_tls_below_1_2_is_refused(receiver: Receiver, state: Path) -> None
                                       server_hostname="localhost")
 
 
+@pytest.mark.parametrize("fault", ["encrypted", "empty", "device"])
+async def test_a_key_that_cannot_be_used_is_one_line_never_a_passphrase_prompt(
+    tmp_path: Path, state: Path, fault: str
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = trustme.CA().issue_cert("localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    private = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+    key.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    if fault == "empty":
+        key.write_bytes(b"")
+    if fault == "device":
+        key = Path("/dev/null")
+    expected = {"encrypted": "is protected by a passphrase", "empty": "it is empty",
+                "device": "not a regular file"}[fault]
+    with pytest.raises(certs.CertError, match=expected):
+        async with running(state, cert=cert, key=key):
+            pass
+
+
 async def test_own_certificate_and_key_are_served(tmp_path: Path, state: Path) -> None:
     ca = trustme.CA()
     leaf = ca.issue_cert("localhost", "127.0.0.1")
