@@ -267,3 +267,17 @@ def test_replay_to_the_app_never_hands_it_the_receivers_credentials(
             assert code == 0, err
     assert received[-1].headers["Authorization"] == basic("app", "app-pw")
     assert received[-1].headers["User-Agent"].endswith(" replay")
+
+
+def test_a_filter_leaves_rejected_deliveries_out_unless_status_names_them(
+    capsys: pytest.CaptureFixture[str], filled: Path
+) -> None:
+    # serve --forward-to never relays a rejected delivery; "replay --since 1h" does not either.
+    code, out, err = replay(capsys, filled, "--since", "1h", "--dry-run", "--to", "http://x/")
+    assert code == 0 and [json.loads(line)["row"] for line in out.splitlines()] == [1, 2, 3]
+    assert "left out 1 rejected (--status rejected sends them)" in err
+    code, out, _ = replay(capsys, filled, "--since", "1h", "--status", "rejected",
+                          "--dry-run", "--to", "http://x/")
+    assert [json.loads(line)["row"] for line in out.splitlines()] == [4]
+    code, out, _ = replay(capsys, filled, "--row", "4", "--dry-run", "--to", "http://x/")
+    assert [json.loads(line)["row"] for line in out.splitlines()] == [4]  # named: sent

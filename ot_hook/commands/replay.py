@@ -76,7 +76,8 @@ def replay(
                                        autocompletion=RECORD_NAMES)
     ] = None,
     status: Annotated[
-        list[str] | None, typer.Option(help="accepted, duplicate or rejected (repeatable).",
+        list[str] | None, typer.Option(help="accepted, duplicate or rejected (repeatable). "
+                                       "Without it, other filters leave rejected ones out.",
                                        autocompletion=OUTCOMES)
     ] = None,
     relay: Annotated[
@@ -113,6 +114,8 @@ def replay(
     json_output: SendJsonOption = False,
 ) -> None:
     """Send stored deliveries again, byte for byte, with their original Content-Type."""
+    from dataclasses import replace
+
     from ot_hook import home as home_files
     from ot_hook import replay as replaying
     from ot_hook import tail
@@ -132,6 +135,11 @@ def replay(
     if everything and (row or states or filters != tail.Filters()):
         fail("--all replays every delivery: it does not go with other selectors",
              ExitCode.USAGE)
+    # A rejected delivery was never relayed either: a filter leaves it out unless --status
+    # names it (a --row, or --all, takes whatever it names).
+    leave_out_rejected = not (row or everything or filters.outcomes) and filters != tail.Filters()
+    if leave_out_rejected:
+        filters = replace(filters, outcomes=("accepted", "duplicate"))
     selection = replaying.Selection(filters, tuple(row or ()), everything, states)
     info = home_files.read_serve_info(state)
     from_store = states and to is None and (info is None or info.forward_to is None)
@@ -151,6 +159,11 @@ def replay(
     except replaying.ReplayError as exc:
         fail(str(exc), ExitCode.USAGE if selection.is_empty() else ExitCode.ERROR)
     terminal = Terminal()
+    if leave_out_rejected:
+        rejected = replace(selection, filters=replace(filters, outcomes=("rejected",)))
+        left_out = sum(1 for _ in replaying.selected(state / home_files.STORE, rejected))
+        if left_out:
+            terminal.status(f"left out {left_out} rejected (--status rejected sends them)")
     if from_store:
         terminal.status(f"to {printable(destination)}: the --forward-to target of these relays")
     if dry_run:
