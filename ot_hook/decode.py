@@ -38,7 +38,7 @@ class BadInput(DecodeError):
 
 # The user's own codes -----------------------------------------------------------------------
 
-_CODE_KEY = re.compile(r"\d{1,9}")
+_CODE_KEY = re.compile(r"[0-9]{1,9}")  # ASCII digits: \d would read "٤" as 4
 _SECTIONS: dict[str, Kind] = {"actions": "action", "records": "record"}
 
 
@@ -72,7 +72,7 @@ def parse_codes(data: dict[str, Any], where: str) -> list[Code]:
             if not _CODE_KEY.fullmatch(key):
                 raise BadInput(
                     f"codes file {where}: [{section}] key {printable(key)!r} is not a code "
-                    "(a whole number)"
+                    "(a whole number of at most 9 digits)"
                 )
             if not isinstance(name, str) or not name.strip() or printable(name) != name:
                 raise BadInput(
@@ -84,7 +84,7 @@ def parse_codes(data: dict[str, Any], where: str) -> list[Code]:
 
 # Lookups -------------------------------------------------------------------------------------
 
-_CODE = re.compile(r"\d{1,18}")
+_CODE = re.compile(r"[0-9]{1,18}")
 
 
 def parse_code(term: str) -> int | None:

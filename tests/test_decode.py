@@ -102,6 +102,8 @@ def test_user_codes_add_and_override(tmp_path: Path) -> None:
         ("[logins]\n5 = 'x'\n", "unexpected 'logins'; use tables [actions] and [records]"),
         ("actions = 5\n", "unexpected 'actions'"),
         ("[actions]\nfive = 'Login'\n", "key 'five' is not a code"),
+        ('[actions]\n"99999999999" = "Big"\n', "not a code (a whole number of at most 9 digits)"),
+        ('[actions]\n"٤" = "Four"\n', "key '٤' is not a code"),
         ("[actions]\n5 = 3\n", "[actions] 5 must be a name on one line"),
         ('[actions]\n5 = "Log\\nin"\n', "must be a name on one line"),
     ],
@@ -510,3 +512,8 @@ def test_good_lines_before_a_bad_one_are_all_written_whatever_the_batching(
     code, out, err = run(capsys, "--file", str(path))
     assert code == 7 and f"line {good + 1}" in err
     assert [json.loads(line)["Id"] for line in out.splitlines()] == list(range(1, good + 1))
+
+
+def test_a_code_is_written_in_ascii_digits(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "\u0664")  # ARABIC-INDIC DIGIT FOUR: a name, not code 4
+    assert code == 1 and out == "" and "no ActionType or RecordType is called" in err
