@@ -164,8 +164,9 @@ def loads(text: str) -> Any:
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
-        raise BadJSON(
-            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        raise BadJSON(  # json's "Invalid control character at" gives the place apart
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: "
+            f"{exc.msg.removesuffix(' at')}"
         ) from None
     except _DuplicateKey as exc:
         raise NotAnEvent(f"key {json.dumps(str(exc))} appears more than once") from None

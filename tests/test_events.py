@@ -101,3 +101,11 @@ def near_usual_bodies(draw: st.DrawFn) -> bytes:
 @given(near_usual_bodies())
 def test_both_paths_agree_on_generated_bodies(body: bytes) -> None:
     assert either_path(body) == full_path(body)
+
+
+def test_a_raw_control_character_is_named_without_a_dangling_at() -> None:
+    from ot_hook.events import InvalidDelivery
+
+    with pytest.raises(InvalidDelivery) as info:
+        parse_body(b'{"Id": "\x01"}')
+    assert info.value.reason == "invalid JSON at line 1 column 9: Invalid control character"
