@@ -350,7 +350,8 @@ def test_the_help_page_sample_as_an_argument(capsys: pytest.CaptureFixture[str])
 @pytest.mark.parametrize(
     "args",
     [[], ["1", "2", "3"], ["4", SAMPLE], ["--list", "things"], ["--list", "--action", "4"],
-     ["-", "-"], ["--file", "/no/such/file"], ["--codes", "/no/such/file", "4"], ["--bogus"]],
+     ["-", "-"], ["--file", "/no/such/file"], ["--list", "--file", "/dev/null"],
+     ["--codes", "/no/such/file", "4"], ["--bogus"]],
 )
 def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str],
                                            args: list[str]) -> None:

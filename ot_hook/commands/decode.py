@@ -90,7 +90,7 @@ def decode(
         tables = lib.load_tables(codes)
         with _quiet_on_closed_pipe(terminal.stdout):
             if list_codes:
-                _list(terminal, tables, terms, action or record)
+                _list(terminal, tables, terms, action or record or ("--file" if file else None))
             elif file or "-" in terms or any(_is_json(t) for t in terms):
                 _events(terminal, tables, terms, file or [], action or record, on_screen)
             else:
