@@ -203,6 +203,9 @@ class Forwarder:
                 hinted = retry_after(answer.headers.get("Retry-After"))
                 if 300 <= status < 400:
                     error = redirect_reason(answer.headers.get("Location"))
+                elif status == 401 and not authorization:
+                    error = ("sent without Authorization: the sender's is kept in memory only "
+                             "(gone after a restart); give --forward-user for your app")
                 try:  # the start of the body: a short answer leaves the connection for the
                     await read_start(answer)  # next relay, a long one is cut off
                 except (TimeoutError, aiohttp.ClientError, OSError):

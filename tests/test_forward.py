@@ -175,6 +175,19 @@ async def test_a_restart_resumes_what_was_not_relayed(state: Path) -> None:
     assert "Authorization" not in app.received[0][1]
 
 
+async def test_a_401_to_a_relay_sent_without_authorization_says_why(state: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/ordertime-webhook"
+    async with running(state, forward=ForwardOptions(url, retries=50)) as r:
+        await post(r, sample(1))
+        await until(lambda: len(attempts(state)) >= 1)
+    checking = App(answer=lambda n: 200 if "Authorization" in checking.received[-1][1] else 401)
+    async with user_app(checking, port=port), running(state, forward=ForwardOptions(url)):
+        await until(lambda: relay_rows(state)[0][1] == "failed")
+    last = attempts(state)[-1]
+    assert last[2] == 401 and last[3] is not None and "--forward-user" in last[3]
+
+
 async def test_a_restart_with_another_target_records_where_relays_went(state: Path) -> None:
     gone = f"http://127.0.0.1:{free_port()}/ordertime-webhook"  # nothing listens there
     async with running(state, forward=ForwardOptions(gone, retries=50)) as r:
@@ -314,6 +327,7 @@ async def test_a_200_whose_body_stalls_counts_and_is_not_relayed_again(
 
     monkeypatch.setattr(forwarder, "TIMEOUT", 0.5)
     received = 0
+    done = asyncio.Event()
 
     async def stalling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal received
@@ -324,7 +338,8 @@ async def test_a_200_whose_body_stalls_counts_and_is_not_relayed_again(
         received += 1
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok, got")  # then nothing
         await writer.drain()
-        await asyncio.sleep(30)
+        await done.wait()
+        writer.close()
 
     app = await asyncio.start_server(stalling, "127.0.0.1", 0)
     port = app.sockets[0].getsockname()[1]
@@ -335,7 +350,9 @@ async def test_a_200_whose_body_stalls_counts_and_is_not_relayed_again(
             await until(lambda: relay_rows(state) == [(1, "delivered", 1)])
             await asyncio.sleep(0.5)  # no second attempt follows
     finally:
+        done.set()
         app.close()
+        await app.wait_closed()
     assert received == 1
     assert attempts(state) == [(1, 1, 200, None, "delivered")]
 
@@ -356,6 +373,7 @@ async def test_an_answer_that_is_not_http_is_one_line_naming_it(state: Path) -> 
             await until(lambda: relay_rows(state) == [(1, "failed", 1)])
     finally:
         app.close()
+        await app.wait_closed()
     [(_, _, status, error, _)] = attempts(state)
     assert status is None and error is not None
     assert error.startswith("the app's answer is not valid HTTP: ") and "\n" not in error

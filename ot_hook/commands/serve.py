@@ -79,8 +79,8 @@ def serve(
     idle_timeout: Annotated[
         float,
         typer.Option(min=0.1, help="Close a connection that sends nothing for this many "
-                     "seconds, or takes longer than that to send a request's headers or its "
-                     "body (408)."),
+                     "seconds, or takes longer than that to send a request's headers (closed "
+                     "without an answer) or its body (408, kept as rejected)."),
     ] = 60.0,
     forward_to: Annotated[
         str | None,
