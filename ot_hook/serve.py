@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import signal
+import sqlite3
 import ssl
 import threading
 from collections.abc import Callable
@@ -343,6 +344,12 @@ class Receiver:
             self.log.line(f"WARNING: the store {self.state / home.STORE} is damaged "
                           f"({printable(problem)}): deliveries are still stored, but tail and "
                           "replay may not read them; stop serve and move the file aside")
+            return
+        if self.forwarder is None:
+            waiting = pending_relays(self.state / home.STORE)
+            if waiting:
+                self.log.line(f"NOTE: {waiting} relays of an earlier --forward-to are pending; "
+                              "they go out when serve runs with --forward-to again")
 
     def _answer_now(self) -> None:
         handler = self._server.request_handler if self._server is not None else None
@@ -362,6 +369,23 @@ class Receiver:
                 if connection.transport is not None:
                     connection.transport.abort()
                 connection.force_close()
+
+
+def pending_relays(path: Path) -> int:
+    """How many relays wait in the store (0 when it cannot say)."""
+    from ot_hook import store
+
+    try:
+        conn = store.open_for_reading(path)
+    except store.StoreError:
+        return 0
+    try:
+        return int(conn.execute("SELECT count(*) FROM relays WHERE state = 'pending'")
+                   .fetchone()[0])
+    except sqlite3.Error:  # a store from before serve --forward-to
+        return 0
+    finally:
+        conn.close()
 
 
 async def watch_writer(store: Store, log: StatusLog) -> None:

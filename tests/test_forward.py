@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -173,6 +174,17 @@ async def test_a_restart_resumes_what_was_not_relayed(state: Path) -> None:
         await until(lambda: relay_rows(state)[0][1] == "delivered")
     # The sender's Authorization lived in memory only: a resumed relay goes without it.
     assert "Authorization" not in app.received[0][1]
+
+
+async def test_serve_without_forward_to_says_relays_are_pending(state: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/ordertime-webhook"
+    async with running(state, forward=ForwardOptions(url, retries=50)) as r:
+        await post(r, sample(1))
+        await until(lambda: len(attempts(state)) >= 1)
+    err = io.StringIO()
+    async with running(state, stderr=err):
+        await until(lambda: "1 relays of an earlier --forward-to are pending" in err.getvalue())
+    assert relay_rows(state)[0][1] == "pending"  # left waiting, not given up
 
 
 async def test_a_401_to_a_relay_sent_without_authorization_says_why(state: Path) -> None:
