@@ -392,16 +392,21 @@ def _first_line(text: str, limit: int = 200) -> str:
     return line[:limit]
 
 
+LONG_WAIT = 2.0  # seconds of a pause before a retry that are said on stderr
+
+
 class Sender:
     def __init__(
         self,
         target: Target,
         options: SendOptions | None = None,
         on_result: Callable[[Result], None] | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         self.target = target
         self.options = options or SendOptions()
         self.on_result = on_result or (lambda result: None)
+        self.on_wait = on_wait or (lambda text: None)  # told of a long wait before a retry
         self.results: list[Result] = []
         self._fatal: SendError | None = None
         self._host = urlsplit(target.url).hostname or ""
@@ -462,7 +467,12 @@ class Sender:
                 millis = (time.perf_counter() - started) * 1000
                 return Result(index, delivery, attempt.status, attempt.failure,
                               attempt.message, millis, attempts)
-            await asyncio.sleep(backoff(attempts, attempt.retry_after))
+            pause = backoff(attempts, attempt.retry_after)
+            if pause >= LONG_WAIT:  # else a quiet terminal looks hung
+                why = " (the server's Retry-After)" if attempt.retry_after is not None else ""
+                self.on_wait(f"{attempt.status or attempt.failure}: retrying delivery "
+                             f"{index + 1} in {pause:.0f} s{why}")
+            await asyncio.sleep(pause)
 
     async def _attempt(self, session: aiohttp.ClientSession, delivery: Outgoing) -> _Attempt:
         try:

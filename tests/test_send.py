@@ -390,6 +390,26 @@ async def test_500_then_200_is_retried_honouring_retry_after(tmp_path: Path) -> 
         assert summary.exit_code == ExitCode.OK and summary.by_status == {"200": 1}
 
 
+async def test_a_long_wait_before_a_retry_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sender, "LONG_WAIT", 0.5)  # so that a Retry-After of 1 s is said
+    said: list[str] = []
+
+    async def busy(request: web.Request) -> web.Response:
+        if server.requests == 1:
+            return web.Response(status=503, headers={"Retry-After": "1"})
+        return web.Response(text="ok")
+
+    async with tls_app(tmp_path, busy) as server:
+        deliveries = [sender.Outgoing.of(samples.body(samples.default_event(1, "x")))]
+        run = sender.Sender(target_for(server), sender.SendOptions(retries=1),
+                            on_wait=said.append)
+        summary = await asyncio.wait_for(run.run(deliveries), WAIT)
+    assert summary.by_status == {"200": 1}
+    assert said == ["503: retrying delivery 1 in 1 s (the server's Retry-After)"]
+
+
 async def test_without_retries_a_500_is_an_http_error(tmp_path: Path) -> None:
     async def failing(request: web.Request) -> web.Response:
         return web.Response(status=503, text="down for maintenance\nsecond line")

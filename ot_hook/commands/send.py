@@ -252,7 +252,7 @@ def send_and_report(
         if after is not None:
             after(result)
 
-    sender = Sender(target, options, on_result)
+    sender = Sender(target, options, on_result, on_wait=terminal.status)
     started = time.perf_counter()
     try:
         with report, _event_loop() as runner:
