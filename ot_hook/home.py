@@ -133,7 +133,6 @@ class ServeInfo:
     started_at: str
     forward_to: str | None = None  # serve --forward-to, the default target of replay
     password_kept: bool = True  # the password is the one kept in the state directory
-    forward_user: str | None = None  # serve --forward-user (its password is never written)
 
 
 def write_serve_info(state: Path, info: ServeInfo) -> None:

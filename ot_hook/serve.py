@@ -300,7 +300,6 @@ class Receiver:
                 started_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 forward_to=options.forward.url if options.forward else None,
                 password_kept=options.password is None and options.password_file is None,
-                forward_user=options.forward.user if options.forward else None,
             ),
         )
         self._exit.callback(home.remove_serve_info, self.state, os.getpid())

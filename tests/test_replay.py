@@ -246,9 +246,11 @@ def test_relays_for_two_targets_ask_which(capsys: pytest.CaptureFixture[str],
     assert (code, out) == (0, "") and "nothing matches: no relay is pending" in err
 
 
-def test_replay_to_the_app_never_hands_it_the_receivers_credentials(
-    capsys: pytest.CaptureFixture[str], state: Path
+def test_the_receivers_credentials_from_the_environment_never_go_to_the_app(
+    capsys: pytest.CaptureFixture[str], state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The README exports OT_HOOK_USER and OT_HOOK_PASSWORD for the receiver; however the app's
+    # URL is spelled, and whether serve runs or not, they are not the app's to have.
     with recording_app() as (url, received):
         forward = ForwardOptions(url, user="app", password="app-pw")
         with running_in_thread(state, forward=forward) as receiver:
@@ -257,16 +259,22 @@ def test_replay_to_the_app_never_hands_it_the_receivers_credentials(
                 if received:
                     break
                 time.sleep(0.02)
-            relayed = len(received)
-            code, _, err = replay(capsys, state, "--row", "1", "--user", USER,
-                                  "--password", PASSWORD)
-            assert code == 2 and "as user 'app'" in err and "--user app" in err
-            assert len(received) == relayed  # nothing went out
-            code, _, err = replay(capsys, state, "--row", "1", "--user", "app",
-                                  "--password", "app-pw")
+            monkeypatch.setenv("OT_HOOK_USER", USER)
+            monkeypatch.setenv("OT_HOOK_PASSWORD", PASSWORD)
+            code, _, err = replay(capsys, state, "--row", "1")  # to the --forward-to app
+            assert code == 0 and "are the receiver's: not sent to" in err
+            spelled = url.replace("http://127.0.0.1", "HTTP://localhost")
+            code, _, err = replay(capsys, state, "--row", "1", "--to", spelled)
             assert code == 0, err
-    assert received[-1].headers["Authorization"] == basic("app", "app-pw")
-    assert received[-1].headers["User-Agent"].endswith(" replay")
+        code, _, err = replay(capsys, state, "--relay", "delivered")  # serve stopped
+        assert code == 0, err
+        code, _, err = replay(capsys, state, "--row", "1", "--to", url, "--user", "app",
+                              "--password", "app-pw")  # flags: the app's own
+        assert code == 0, err
+    assert len(received) == 5
+    assert ["Authorization" in r.headers for r in received[1:4]] == [False, False, False]
+    assert received[4].headers["Authorization"] == basic("app", "app-pw")
+    assert received[4].headers["User-Agent"].endswith(" replay")
 
 
 def test_a_filter_leaves_rejected_deliveries_out_unless_status_names_them(

@@ -48,6 +48,7 @@ EPILOG = """Examples:
 
 
 def replay(
+    ctx: typer.Context,
     to: Annotated[
         str | None,
         typer.Option(help="Where to send. Default: the running receiver's --forward-to "
@@ -172,8 +173,12 @@ def replay(
     if not chosen:
         terminal.status("nothing matches: no delivery sent")
         return
+    # Credentials from the environment are the receiver's (README): they go to the receiver,
+    # never to the user's app; the app's are given as flags.
+    flags = {name for name in ("user", "password", "password_file")
+             if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
     target = _target(destination, state, user, password, password_file, cacert, insecure,
-                     allow_http)
+                     allow_http, bool(flags), terminal)
     if insecure:
         terminal.status("ot-hook: warning: --insecure: the certificate is not verified")
     from ot_hook.commands.send import send_and_report
@@ -251,9 +256,8 @@ def _print_all(chosen: list[StoredDelivery], terminal: Terminal, json_output: bo
 
 def _target(
     url: str, state: Path, user: str | None, password: str | None, password_file: Path | None,
-    cacert: Path | None, insecure: bool, allow_http: bool,
+    cacert: Path | None, insecure: bool, allow_http: bool, explicit: bool, terminal: Terminal,
 ) -> Target:
-    import shlex
     from dataclasses import replace
     from urllib.parse import urlsplit
 
@@ -261,14 +265,9 @@ def _target(
 
     info = home.read_serve_info(state)
     to_our_receiver = info is not None and url == info.url
-    explicit = user is not None or password is not None or password_file is not None
-    to_the_app = info is not None and url == info.forward_to
-    if to_the_app and info is not None and info.forward_user is not None and explicit \
-            and user != info.forward_user:
-        # The receiver's own credentials are not the app's: never hand them to the app.
-        fail(f"serve relays to {url} as user {printable(info.forward_user)!r}: pass --user "
-             f"{shlex.quote(info.forward_user)} and that user's password (--password-file)",
-             ExitCode.USAGE)
+    if not (to_our_receiver or explicit) and (user is not None or password is not None):
+        terminal.status(f"OT_HOOK_USER and OT_HOOK_PASSWORD are the receiver's: not sent to "
+                        f"{printable(url)} (give your app's with --user and --password-file)")
     try:  # allow_http: the user's app often listens on plain HTTP
         if to_our_receiver or explicit:
             parts = urlsplit(url)
