@@ -129,6 +129,11 @@ def _may_be_the_receiver(url: str, info: home.ServeInfo | None) -> bool:
         port = parts.port or 443
     except ValueError:
         return False
-    if parts.scheme.lower() != "https" or not is_loopback(parts.hostname or ""):
+    host = (parts.hostname or "").lower()
+    if parts.scheme.lower() != "https" or not is_loopback(host):
         return False
-    return info is None or port == info.port
+    if info is None:
+        return True
+    listening = info.host.strip("[]").lower()
+    same_host = host == listening or listening in ("0.0.0.0", "::") or host == "localhost"
+    return same_host and port == info.port

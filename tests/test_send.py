@@ -717,3 +717,12 @@ def test_the_kept_password_goes_only_to_the_receiver_of_home(
 
     chosen = credentials.for_sender(None, None, None, state, "https://localhost:8443/")
     assert chosen.password == kept
+    # While serve runs: its own address and port only, not another listener on loopback.
+    home.write_serve_info(state, home.ServeInfo(
+        url="https://127.0.0.1:8443/", host="127.0.0.1", port=8443, pid=os.getpid(),
+        user=USER, ca=None, started_at="now"))
+    for ours in ("https://127.0.0.1:8443/", "https://localhost:8443/x"):
+        assert credentials.for_sender(None, None, None, state, ours).password == kept
+    for other in ("https://127.0.0.2:8443/", "https://127.0.0.1:9443/", "http://127.0.0.1:8443/"):
+        with pytest.raises(credentials.CredentialsError, match="no password for"):
+            credentials.for_sender(None, None, None, state, other)
