@@ -102,7 +102,8 @@ def check_url(url: str, *, allow_http: bool = False) -> str:
         raise SendError("the URL is empty: give one, or leave it out for the receiver of "
                         "--home", ExitCode.USAGE)
     if "://" not in url:
-        raise SendError(f"the URL {shown!r} has no scheme; did you mean https://{shown} ?",
+        guess = f"https:{shown}" if shown.startswith("//") else f"https://{shown}"
+        raise SendError(f"the URL {shown!r} has no scheme; did you mean {guess} ?",
                         ExitCode.USAGE)
     try:
         parts = urlsplit(url)

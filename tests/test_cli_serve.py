@@ -161,6 +161,7 @@ def test_forward_options_that_cannot_take_effect(
     ["--host", ""], ["--hostname", " "], ["--hostname", "bad\nname"], ["--hostname", "a b"],
     ["--cert", "x.pem"], ["--user", "a:b"],
     ["--status-code", "101"],  # an informational status is never a final answer
+    ["--delay", "inf"],
     ["--forward-to", ""],  # an unset variable must not turn relaying off unseen
 ])
 def test_bad_serve_flags_exit_2_with_one_line(

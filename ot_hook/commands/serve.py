@@ -73,7 +73,7 @@ def serve(
                      "(they are still stored)."),
     ] = 200,
     delay: Annotated[
-        float, typer.Option(min=0.0, help="Seconds to wait before answering a stored "
+        float, typer.Option(min=0.0, max=86400, help="Seconds to wait before answering a stored "
                             "delivery (to try a sender's timeout); a stop answers at once.")
     ] = 0.0,
     idle_timeout: Annotated[
