@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import tomllib
@@ -66,3 +67,23 @@ def test_the_script_and_python_m_start_through_the_guard() -> None:
     done = subprocess.run([sys.executable, "-m", "ot_hook", "--version"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("ot-hook ")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_kill_of_a_command_that_runs_no_loop_is_exit_130_without_a_traceback(
+    signum: signal.Signals,
+) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "ot_hook", "decode", "-"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdin is not None
+        process.stdin.write('{"Id": 1, "ActionType": 4, "RecordType": 7, "UniqueId": 1}\n')
+        process.stdin.flush()
+        assert process.stdout is not None
+        assert '"Id": 1' in process.stdout.readline()  # running, waiting for more
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert (process.returncode, err) == (130, "")

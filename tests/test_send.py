@@ -538,7 +538,7 @@ async def test_a_receiver_that_never_answers_times_out(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("signum", "as_background_job"), [
-    (signal.SIGINT, False), (signal.SIGTERM, False),
+    (signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGHUP, False),
     (signal.SIGTERM, True),  # a script's background job ignores SIGINT
 ])
 async def test_ctrl_c_or_a_kill_exits_130_with_the_summary_so_far(

@@ -270,22 +270,29 @@ def send_and_report(
 
 
 async def _until_killed(work: Coroutine[Any, Any, T]) -> T:
-    """`work`, cancelled by SIGTERM as Ctrl-C cancels it, so that a kill also ends with the
-    summary. (Not by turning it into SIGINT: a background job of a script ignores that.)"""
+    """`work`, cancelled by SIGTERM or SIGHUP as Ctrl-C cancels it, so that these also end
+    with the summary. (Not by turning them into SIGINT: a script's background job ignores it.)"""
     import asyncio
     import signal
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    try:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    except (NotImplementedError, RuntimeError, ValueError):  # Windows; not the main thread
-        return await work
+    taken: list[int] = []
+    for name in ("SIGTERM", "SIGHUP"):  # a kill, a closed terminal
+        number = getattr(signal, name, None)
+        if number is None or signal.getsignal(number) is signal.SIG_IGN:  # nohup: left alone
+            continue
+        try:
+            loop.add_signal_handler(number, task.cancel)
+        except (NotImplementedError, RuntimeError, ValueError):  # Windows; not the main thread
+            continue
+        taken.append(number)
     try:
         return await work
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for number in taken:
+            loop.remove_signal_handler(number)
 
 
 def _event_loop() -> asyncio.Runner:
