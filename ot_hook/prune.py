@@ -32,6 +32,8 @@ def prune(path: Path, before: datetime | None) -> int:
     """
     if not path.exists():
         raise NoStore(f"no store at {path}; nothing to prune")
+    if path.is_file() and path.stat().st_size == 0:  # not to be made into a store here
+        raise NoStore(store.empty_store(path))
     where, params = _older_than(before)
     batch = (f"SELECT row FROM deliveries WHERE {where} AND {NOT_PENDING} "
              f"ORDER BY row LIMIT {BATCH}")

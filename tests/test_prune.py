@@ -133,6 +133,16 @@ def test_no_store_exits_1(state: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert not state.exists()  # prune made nothing
 
 
+def test_an_empty_store_file_is_named_and_left_as_it_is(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "events.db").touch()  # a copy made while serve ran, without its -wal
+    assert main(["prune", "--all", "--home", str(state)]) == 1
+    assert "is empty" in capsys.readouterr().err
+    assert (state / "events.db").stat().st_size == 0
+
+
 async def test_prune_keeps_deliveries_whose_relay_is_pending(state: Path) -> None:
     import socket
 
