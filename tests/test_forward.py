@@ -64,6 +64,19 @@ async def serving(
         await runner.cleanup()
 
 
+@asynccontextmanager
+async def raw_app(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """An app that answers in raw bytes (what aiohttp would not send), on 127.0.0.1."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def relay_rows(state: Path) -> list[tuple[int, str, int]]:
     conn = sqlite3.connect(state / home.STORE)
     try:
@@ -353,18 +366,14 @@ async def test_a_200_whose_body_stalls_counts_and_is_not_relayed_again(
         await done.wait()
         writer.close()
 
-    app = await asyncio.start_server(stalling, "127.0.0.1", 0)
-    port = app.sockets[0].getsockname()[1]
-    try:
-        forward = ForwardOptions(f"http://127.0.0.1:{port}/hook", retries=3)
-        async with running(state, forward=forward) as r:
-            await post(r, sample(1))
-            await until(lambda: relay_rows(state) == [(1, "delivered", 1)])
-            await asyncio.sleep(0.5)  # no second attempt follows
-    finally:
-        done.set()
-        app.close()
-        await app.wait_closed()
+    async with raw_app(stalling) as url:
+        try:
+            async with running(state, forward=ForwardOptions(url, retries=3)) as r:
+                await post(r, sample(1))
+                await until(lambda: relay_rows(state) == [(1, "delivered", 1)])
+                await asyncio.sleep(0.5)  # no second attempt follows
+        finally:
+            done.set()  # the app's connection ends before the app stops
     assert received == 1
     assert attempts(state) == [(1, 1, 200, None, "delivered")]
 
@@ -376,16 +385,10 @@ async def test_an_answer_that_is_not_http_is_one_line_naming_it(state: Path) -> 
         await writer.drain()
         writer.close()
 
-    app = await asyncio.start_server(garbage, "127.0.0.1", 0)
-    port = app.sockets[0].getsockname()[1]
-    try:
-        forward = ForwardOptions(f"http://127.0.0.1:{port}/hook", retries=0)
-        async with running(state, forward=forward) as r:
-            await post(r, sample(1))
-            await until(lambda: relay_rows(state) == [(1, "failed", 1)])
-    finally:
-        app.close()
-        await app.wait_closed()
+    async with raw_app(garbage) as url, running(state, forward=ForwardOptions(url, retries=0)) \
+            as r:
+        await post(r, sample(1))
+        await until(lambda: relay_rows(state) == [(1, "failed", 1)])
     [(_, _, status, error, _)] = attempts(state)
     assert status is None and error is not None
     assert error.startswith("the app's answer is not valid HTTP: ") and "\n" not in error
