@@ -172,5 +172,8 @@ def serve(
         fail(str(exc))
     except serving.StoppedAtOnce:
         raise typer.Exit(ExitCode.INTERRUPTED) from None
-    except KeyboardInterrupt:  # Windows, where signals do not reach the loop
-        pass
+    except KeyboardInterrupt:
+        # On Windows, Ctrl-C (signals do not reach the loop there): the usual stop. Elsewhere
+        # a signal that came before the loop took it over: serve was interrupted starting.
+        if sys.platform != "win32":
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
