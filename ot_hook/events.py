@@ -21,30 +21,6 @@ from ot_hook.textsafe import printable
 
 REQUIRED_INT_FIELDS = ("Id", "ActionType", "RecordType")
 
-
-@functools.lru_cache(maxsize=64)  # a sender repeats its Content-Type
-def content_type_warning(content_type: str | None) -> str | None:
-    """What is odd about a delivery's Content-Type (Order Time sends application/json in
-    UTF-8); None when nothing is, or when there is none. The body is read as JSON anyway."""
-    if content_type is None:
-        return None
-    media = content_type.partition(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        return f"Content-Type is {printable(media) or 'empty'}, not application/json"
-    charset = foreign_charset(content_type)
-    if charset is not None:
-        return f"Content-Type declares charset={charset}; the body was read as UTF-8"
-    return None
-
-
-def foreign_charset(content_type: str) -> str | None:
-    """The charset a Content-Type declares, when it is not UTF-8 (shown safely)."""
-    for parameter in content_type.partition(";")[2].split(";"):
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            charset = value.strip().strip('"')
-            return None if charset.lower() in ("utf-8", "utf8") else printable(charset)
-    return None
 KNOWN_FIELDS = frozenset(
     {"Id", "ActionType", "RecordType", "UniqueId", "Description", "Username", "ActionDate"}
 )
@@ -243,6 +219,31 @@ def _has_lone_surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+@functools.lru_cache(maxsize=64)  # a sender repeats its Content-Type
+def content_type_warning(content_type: str | None) -> str | None:
+    """What is odd about a delivery's Content-Type (Order Time sends application/json in
+    UTF-8); None when nothing is, or when there is none. The body is read as JSON anyway."""
+    if content_type is None:
+        return None
+    media = content_type.partition(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        return f"Content-Type is {printable(media) or 'empty'}, not application/json"
+    charset = foreign_charset(content_type)
+    if charset is not None:
+        return f"Content-Type declares charset={charset}; the body was read as UTF-8"
+    return None
+
+
+def foreign_charset(content_type: str) -> str | None:
+    """The charset a Content-Type declares, when it is not UTF-8 (shown safely)."""
+    for parameter in content_type.partition(";")[2].split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"')
+            return None if charset.lower() in ("utf-8", "utf8") else printable(charset)
+    return None
 
 
 def json_type_name(value: Any) -> str:

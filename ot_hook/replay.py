@@ -79,6 +79,21 @@ def _selected(path: Path, selection: Selection) -> Iterator[store.StoredDelivery
         conn.close()
 
 
+def count(path: Path, selection: Selection) -> int:
+    """How many stored deliveries the selection names (a count, not a read of their bodies)."""
+    where, params = selection.sql()
+    try:
+        with store.reading(path):
+            conn = store.open_for_reading(path)
+            try:
+                sql = "SELECT count(*) FROM deliveries" + (f" WHERE {where}" if where else "")
+                return int(conn.execute(sql, params).fetchone()[0])
+            finally:
+                conn.close()
+    except store.StoreError as exc:
+        raise ReplayError(str(exc)) from None
+
+
 def relay_targets(path: Path, states: tuple[str, ...]) -> list[str]:
     """The --forward-to targets of the relays in these states, so that `replay --relay`
     knows where to send with serve stopped. Raises ReplayError when the store cannot say."""

@@ -162,7 +162,10 @@ def replay(
     terminal = Terminal()
     if leave_out_rejected:
         rejected = replace(selection, filters=replace(filters, outcomes=("rejected",)))
-        left_out = sum(1 for _ in replaying.selected(state / home_files.STORE, rejected))
+        try:
+            left_out = replaying.count(state / home_files.STORE, rejected)
+        except replaying.ReplayError as exc:
+            fail(str(exc), ExitCode.ERROR)
         if left_out:
             terminal.status(f"left out {left_out} rejected (--status rejected sends them)")
     if from_store:
