@@ -104,18 +104,21 @@ def row_of(d: Delivery) -> Row:
             d.body_size, d.status, d.refused, d.relay_to)
 
 
-def commit(writer: Writer, rows: list[Row]) -> Answer:
-    """Store `rows` in one transaction and say how; a failure answers for all of them."""
+def commit(writer: Writer, rows: list[Row], numbering: Numbering | None = None) -> Answer:
+    """Store `rows` in one transaction and say how; a failure answers for all of them.
+    `numbering` carries what the writer knows between transactions (see `Numbering`)."""
     notices: list[str] = []
     writer.on_replaced = notices.append
+    known = numbering or Numbering()
     try:
-        saved = writer.transaction(lambda conn: _insert(conn, rows))
+        saved = writer.transaction(lambda conn: _insert(conn, rows, known))
         return len(rows), saved, None, _first(notices)
     except (StoreError, sqlite3.Error) as exc:
         error = str(exc) if isinstance(exc, StoreError) else \
             f"cannot write the store {writer.path}: {exc}"
     except Exception as exc:  # a bug must not stop the writer and hang every request
         error = f"cannot write the store {writer.path}: {exc!r}"
+    known.forget()  # rolled back: the rows it counted were not stored
     return len(rows), None, error, _first(notices)
 
 
@@ -131,24 +134,58 @@ _INSERT = """
 """
 
 
-def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[Result]:
+class Numbering:
+    """The last row number and the highest accepted Id, kept from one transaction to the
+    next, so that most batches need no query before their inserts: Order Time numbers its
+    Audit Trail upwards, and an Id above every accepted one cannot be a duplicate.
+
+    Read again whenever another connection has written since (`PRAGMA data_version`: prune,
+    relay outcomes, anything else), when the connection is new (the store was replaced), and
+    after a transaction that failed.
+    """
+
+    def __init__(self) -> None:
+        self._conn: sqlite3.Connection | None = None
+        self._version = -1
+        self.last_row = 0
+        self.max_accepted: int | None = None  # None: no accepted row yet
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        """Bring both up to date; call inside the write transaction."""
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        if conn is self._conn and version == self._version:
+            return
+        # AUTOINCREMENT's counter never goes back, even after prune: a row number means one
+        # delivery.
+        (self.last_row,) = conn.execute(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0)"
+        ).fetchone()
+        (self.max_accepted,) = conn.execute(
+            "SELECT max(event_id) FROM deliveries WHERE outcome = 'accepted'").fetchone()
+        self._conn, self._version = conn, version
+
+    def forget(self) -> None:
+        self._conn = None
+
+
+def _insert(conn: sqlite3.Connection, rows: list[Row], known: Numbering) -> list[Result]:
     """Parse each body, number the rows, tell accepted from duplicate, insert them and queue
     their relays.
 
     Rows are numbered here (this writer is the only one inserting deliveries) so that a
     duplicate of a delivery earlier in the same batch can name its row before anything is
-    inserted; two queries serve the whole batch.
+    inserted. Only Ids that may repeat an accepted one are looked up.
     """
     checked = [_check(row) for row in rows]
-    ids = sorted({event.id for event, _, _ in checked if event is not None})
+    known.load(conn)
+    highest = known.max_accepted
+    ids = sorted({event.id for event, _, _ in checked
+                  if event is not None and highest is not None and event.id <= highest})
     first_accepted: dict[int, int] = {}
     for chunk in range(0, len(ids), 500):  # stay well under SQLite's variable limit
         part = ids[chunk : chunk + 500]
         first_accepted.update(conn.execute(first_accepted_sql(len(part)), part).fetchall())
-    # AUTOINCREMENT's counter never goes back, even after prune: a row number means one delivery.
-    (last,) = conn.execute(
-        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0)"
-    ).fetchone()
+    last = known.last_row
     results: list[Result] = []
     values: list[tuple[Any, ...]] = []
     relays: list[tuple[int, str, str]] = []
@@ -163,6 +200,8 @@ def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[Result]:
             outcome = "accepted" if duplicate_of is None else "duplicate"
             if duplicate_of is None:
                 first_accepted[event.id] = row
+                if highest is None or event.id > highest:
+                    highest = event.id
             if relay_to is not None:  # relays of one record keep their arrival order
                 relays.append((row, relay_to, f"{event.record_type}:{event.unique_id}"))
         results.append((row, outcome, duplicate_of, http_status, reason,
@@ -174,6 +213,7 @@ def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[Result]:
             body, body_size, *_event_columns(event),
         ))
     conn.executemany(_INSERT, values)
+    known.last_row, known.max_accepted = last + len(rows), highest
     if relays:
         conn.executemany(
             "INSERT INTO relays (row, target, record_key, state) VALUES (?, ?, ?, 'pending')",
@@ -546,9 +586,10 @@ def main(argv: list[str]) -> None:
         tables = inbox.first()
         if tables is not None:
             codes.use(tables)
+        numbering = Numbering()
         for rows in inbox.batches(int(max_batch)):
             try:
-                sock.sendall(frame(commit(writer, rows)))
+                sock.sendall(frame(commit(writer, rows, numbering)))
             except OSError:  # the receiver is gone; what it sent is committed
                 break
     writer.close()

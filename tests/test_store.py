@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 import stat
 from pathlib import Path
@@ -116,3 +117,54 @@ async def test_save_after_close_is_unavailable(tmp_path: Path) -> None:
     receiving.close()
     with pytest.raises(store.StoreUnavailable):
         await receiving.save(delivery(1))
+
+
+def commit_ids(to: store.Writer, numbering: writer.Numbering,
+               ids: list[int]) -> list[tuple[int, str, int | None]]:
+    """Commit deliveries of `ids` as the writer process does; (row, outcome, duplicate_of)."""
+    _, saved, error, _ = writer.commit(to, [writer.row_of(delivery(i)) for i in ids], numbering)
+    assert error is None and saved is not None, error
+    return [(row, outcome, duplicate_of) for row, outcome, duplicate_of, *_ in saved]
+
+
+def test_the_writer_counts_on_nothing_another_connection_changed(tmp_path: Path) -> None:
+    # The writer keeps its last row number and highest accepted Id between transactions:
+    # a row another connection adds, or prune removes, must still be taken into account.
+    path = tmp_path / "events.db"
+    to, numbering = store.Writer(path), writer.Numbering()
+    assert commit_ids(to, numbering, [5, 5]) == [(1, "accepted", None), (2, "duplicate", 1)]
+    other = sqlite3.connect(path)
+    other.execute(
+        "INSERT INTO deliveries (received_at, outcome, http_status, warnings, method, target,"
+        " headers, body, body_size, event_id) VALUES ('t', 'accepted', 200, '[]', 'POST', '/',"
+        " '[]', x'00', 1, 9)"
+    )
+    other.commit()
+    assert commit_ids(to, numbering, [9, 10, 5]) == [
+        (4, "duplicate", 3), (5, "accepted", None), (6, "duplicate", 1)]
+    other.execute("DELETE FROM deliveries WHERE row <= 5")  # as prune does
+    other.commit()
+    other.close()
+    # Row numbers never go back; an Id whose accepted row is gone is accepted again.
+    assert commit_ids(to, numbering, [10, 11]) == [(7, "accepted", None), (8, "accepted", None)]
+    to.close()
+
+
+def test_the_writer_counts_on_nothing_a_failed_commit_wrote(tmp_path: Path) -> None:
+    # The rows are numbered before COMMIT; when COMMIT fails (here the file may not grow:
+    # the log cannot take the pages), the next batch takes the same numbers again.
+    resource = pytest.importorskip("resource")  # POSIX only
+    path = tmp_path / "events.db"
+    to, numbering = store.Writer(path), writer.Numbering()
+    assert commit_ids(to, numbering, [1]) == [(1, "accepted", None)]
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (Path(f"{path}-wal").stat().st_size, limit[1]))
+    try:
+        _, saved, error, _ = writer.commit(to, [writer.row_of(delivery(2))] * 50, numbering)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, ignored)
+    assert saved is None and error is not None
+    assert commit_ids(to, numbering, [2, 1]) == [(2, "accepted", None), (3, "duplicate", 1)]
+    to.close()
