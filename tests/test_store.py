@@ -168,3 +168,13 @@ def test_the_writer_counts_on_nothing_a_failed_commit_wrote(tmp_path: Path) -> N
     assert saved is None and error is not None
     assert commit_ids(to, numbering, [2, 1]) == [(2, "accepted", None), (3, "duplicate", 1)]
     to.close()
+
+
+def test_a_large_batch_is_stored_whole_and_in_order(tmp_path: Path) -> None:
+    # Rows go in with one INSERT per 50: a batch of 120 crosses two of those boundaries.
+    path = tmp_path / "events.db"
+    to = store.Writer(path)
+    ids = list(range(1, 121))
+    assert commit_ids(to, writer.Numbering(), ids) == [(n, "accepted", None) for n in ids]
+    to.close()
+    assert [(r.row, r.event_id) for r in store.iter_all(path)] == list(zip(ids, ids, strict=True))
