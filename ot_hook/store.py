@@ -376,6 +376,13 @@ def reading(path: Path) -> Iterator[None]:
         raise StoreError(f"cannot read the store {path}: a damaged row ({exc})") from None
 
 
+# The highest row given out, as an SQL expression: AUTOINCREMENT's counter (it never goes
+# back, even after prune), or the highest row should that counter have been edited by hand.
+# The writer numbers past it, as AUTOINCREMENT itself would.
+LAST_ROW_SQL = ("max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0), "
+                "coalesce((SELECT max(row) FROM deliveries), 0))")
+
+
 def first_accepted_sql(count: int) -> str:
     """The first accepted row of each of `count` event Ids (through the partial index)."""
     return (

@@ -211,7 +211,7 @@ class Marks:
 
 def marks(conn: sqlite3.Connection) -> Marks:
     row, attempt, relays = conn.execute(
-        "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), "
+        f"SELECT {store.LAST_ROW_SQL}, "
         "(SELECT seq FROM sqlite_sequence WHERE name = 'relay_attempts'), "
         "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'relay_attempts')"
     ).fetchone()
@@ -220,10 +220,8 @@ def marks(conn: sqlite3.Connection) -> Marks:
 
 def last_row(conn: sqlite3.Connection) -> int:
     """The highest row number ever given out (AUTOINCREMENT: never reused, even after prune)."""
-    found = conn.execute(
-        "SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'"
-    ).fetchone()
-    return int(found[0]) if found else 0
+    (found,) = conn.execute(f"SELECT {store.LAST_ROW_SQL}").fetchone()
+    return int(found)
 
 
 def latest(

@@ -26,6 +26,7 @@ import collections
 import dataclasses
 import functools
 import json
+import math
 import os
 import pickle
 import signal
@@ -51,6 +52,7 @@ from ot_hook.events import (
     parse_body,
 )
 from ot_hook.store import (
+    LAST_ROW_SQL,
     Delivery,
     Outcome,
     Saved,
@@ -113,6 +115,7 @@ def commit(writer: Writer, rows: list[Row], numbering: Numbering | None = None) 
     known = numbering or Numbering()
     try:
         saved = writer.transaction(lambda conn: _insert(conn, rows, known))
+        known.committed()
         return len(rows), saved, None, _first(notices)
     except (StoreError, sqlite3.Error) as exc:
         error = str(exc) if isinstance(exc, StoreError) else \
@@ -155,28 +158,34 @@ class Numbering:
 
     Read again whenever another connection has written since (`PRAGMA data_version`: prune,
     relay outcomes, anything else), when the connection is new (the store was replaced), and
-    after a transaction that failed.
+    after a transaction that failed. Row numbers never go below one this writer has given
+    out, even in a file put in place of the store: an answer that named a row stays true.
     """
 
     def __init__(self) -> None:
         self._conn: sqlite3.Connection | None = None
         self._version = -1
+        self._given_out = 0  # the highest row number a committed answer named
         self.last_row = 0
-        self.max_accepted: int | None = None  # None: no accepted row yet
+        # None: no accepted row yet; inf: one whose Id is not a number (the store was edited
+        # by hand), so every Id is looked up.
+        self.max_accepted: float | None = None
 
     def load(self, conn: sqlite3.Connection) -> None:
         """Bring both up to date; call inside the write transaction."""
         (version,) = conn.execute("PRAGMA data_version").fetchone()
         if conn is self._conn and version == self._version:
             return
-        # AUTOINCREMENT's counter never goes back, even after prune: a row number means one
-        # delivery.
-        (self.last_row,) = conn.execute(
-            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0)"
-        ).fetchone()
-        (self.max_accepted,) = conn.execute(
+        (last_row,) = conn.execute(f"SELECT {LAST_ROW_SQL}").fetchone()
+        (highest,) = conn.execute(
             "SELECT max(event_id) FROM deliveries WHERE outcome = 'accepted'").fetchone()
+        self.last_row = max(self._given_out, last_row)
+        self.max_accepted = highest if highest is None or isinstance(highest, int | float) \
+            else math.inf
         self._conn, self._version = conn, version
+
+    def committed(self) -> None:
+        self._given_out = self.last_row
 
     def forget(self) -> None:
         self._conn = None

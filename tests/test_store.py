@@ -178,3 +178,50 @@ def test_a_large_batch_is_stored_whole_and_in_order(tmp_path: Path) -> None:
     assert commit_ids(to, writer.Numbering(), ids) == [(n, "accepted", None) for n in ids]
     to.close()
     assert [(r.row, r.event_id) for r in store.iter_all(path)] == list(zip(ids, ids, strict=True))
+
+
+def insert_by_hand(path: Path, sql: str) -> None:
+    """What a user editing the store with the sqlite3 shell does, serve running."""
+    conn = sqlite3.connect(path)
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
+def test_an_accepted_row_edited_to_a_text_id_stops_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    to, numbering = store.Writer(path), writer.Numbering()
+    assert commit_ids(to, numbering, [5]) == [(1, "accepted", None)]
+    insert_by_hand(path, "UPDATE deliveries SET event_id = 'abc' WHERE row = 1")
+    insert_by_hand(path, "INSERT INTO deliveries (received_at, outcome, http_status, warnings,"
+                         " method, target, headers, body, body_size, event_id) VALUES"
+                         " ('t', 'accepted', 200, '[]', 'POST', '/', '[]', x'00', 1, 7)")
+    # Every Id is looked up now (the highest "Id" is text): 7 still finds its row.
+    assert commit_ids(to, numbering, [5, 7, 8]) == [
+        (3, "accepted", None), (4, "duplicate", 2), (5, "accepted", None)]
+    to.close()
+
+
+def test_rows_are_numbered_past_the_highest_even_with_the_counter_edited(
+        tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    to, numbering = store.Writer(path), writer.Numbering()
+    assert commit_ids(to, numbering, [1, 2, 3]) == [(n, "accepted", None) for n in (1, 2, 3)]
+    insert_by_hand(path, "DELETE FROM sqlite_sequence")
+    assert commit_ids(to, numbering, [4]) == [(4, "accepted", None)]
+    insert_by_hand(path, "UPDATE sqlite_sequence SET seq = 1")
+    assert commit_ids(to, numbering, [5]) == [(5, "accepted", None)]
+    to.close()
+
+
+def test_a_file_put_in_place_of_the_store_takes_no_row_number_again(tmp_path: Path) -> None:
+    # Answers already named rows 1-3: the deliveries that follow a swap get 4 and on, so a
+    # row number means one delivery for as long as this writer runs.
+    path = tmp_path / "events.db"
+    to, numbering = store.Writer(path), writer.Numbering()
+    assert commit_ids(to, numbering, [1, 2, 3]) == [(n, "accepted", None) for n in (1, 2, 3)]
+    empty = tmp_path / "other.db"
+    store.open_for_writing(empty).close()
+    empty.replace(path)
+    assert commit_ids(to, numbering, [1, 9]) == [(4, "accepted", None), (5, "accepted", None)]
+    to.close()

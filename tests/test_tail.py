@@ -174,6 +174,15 @@ def test_since_reads_durations_and_local_or_offset_times() -> None:
         tail.parse_since("last tuesday")
 
 
+def test_last_n_reaches_the_newest_row_even_with_the_counter_edited(state: Path) -> None:
+    _fill(state, [sample(n) for n in (1, 2, 3)])
+    conn = sqlite3.connect(state / home.STORE)
+    conn.execute("UPDATE sqlite_sequence SET seq = 1 WHERE name = 'deliveries'")  # by hand
+    conn.commit()
+    conn.close()
+    assert [line["row"] for line in shown(state, last=2)] == [2, 3]
+
+
 def test_description_and_username_are_shown_literally(day: Path) -> None:
     text = pretty(day)
     seventh = text.splitlines()[-1]
