@@ -114,6 +114,7 @@ class Forwarder:
         self._finishes = 0
         self._finished_at: dict[str, int] = {}  # record key -> number of its last finish
         self.live_authorization: dict[int, str] = {}  # row -> header passed through, in memory
+        self._reading: tuple[int, int] | None = None  # which file the pending relays come from
 
     def wake(self) -> None:
         self._wake.set()
@@ -123,7 +124,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         # One thread owns the read connection, so that closing it never races a read.
         reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ot-hook-relay-reads")
-        reader = await loop.run_in_executor(reads, store.open_for_reading, self._writer.path)
+        reader = await loop.run_in_executor(reads, self._open_reader)
         connector = aiohttp.TCPConnector(ssl=self._target.ssl, limit=CONCURRENCY)
         try:
             async with aiohttp.ClientSession(
@@ -133,6 +134,11 @@ class Forwarder:
                 while True:
                     self._wake.clear()
                     read_from = self._finishes
+                    if store.file_identity(self._writer.path) != self._reading:
+                        # Replaced (a backup moved in place): the store's writer sets the old
+                        # log aside first, or the new file would be read through it.
+                        await self._writer.run(_nothing)
+                        reader = await loop.run_in_executor(reads, self._reopen, reader)
                     due = await loop.run_in_executor(reads, pending_relays, reader)
                     next_wake = self._start_due(session, due, read_from)
                     # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
@@ -146,6 +152,17 @@ class Forwarder:
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
             reads.submit(reader.close)
             reads.shutdown(wait=False)
+
+    def _open_reader(self) -> sqlite3.Connection:
+        reader = store.open_for_reading(self._writer.path)
+        self._reading = store.file_identity(self._writer.path)
+        return reader
+
+    def _reopen(self, reader: sqlite3.Connection) -> sqlite3.Connection:
+        """A reader of the file that is the store now: the old file's pending relays are not
+        the store's any more."""
+        reader.close()
+        return self._open_reader()
 
     def _start_due(
         self, session: aiohttp.ClientSession, relays: list[Relay], read_from: int
@@ -166,7 +183,7 @@ class Forwarder:
                 continue
             if len(self._in_flight) >= CONCURRENCY:
                 break
-            task = asyncio.create_task(self._relay(session, relay))
+            task = asyncio.create_task(self._relay(session, relay, self._reading))
             self._in_flight[relay.record_key] = task
             task.add_done_callback(functools.partial(self._done, relay.record_key))
         self._finished_at = {k: n for k, n in self._finished_at.items() if n > read_from}
@@ -178,7 +195,8 @@ class Forwarder:
         self._finished_at[record_key] = self._finishes
         self._wake.set()  # the next relay of that record may go now, after a fresh read
 
-    async def _relay(self, session: aiohttp.ClientSession, relay: Relay) -> None:
+    async def _relay(self, session: aiohttp.ClientSession, relay: Relay,
+                     read_in: tuple[int, int] | None) -> None:
         attempt = relay.attempts + 1
         headers = {RELAY_HEADER: str(relay.row)}
         if relay.content_type:
@@ -222,10 +240,21 @@ class Forwarder:
         state, retry_in = outcome_of(status, attempt, self._target.retries, hinted,
                                      lasting=lasting)
         result = AttemptResult(relay.row, attempt, status, millis, error, state, retry_in)
-        await self._writer.run(lambda conn: record_attempt(conn, result, self._target.url))
+
+        def record(conn: sqlite3.Connection) -> None:
+            # A store replaced while the relay was in flight has its own row of that number
+            # (another delivery, or this one still pending in a backup): leave it be.
+            if store.file_identity(self._writer.path) == read_in:
+                record_attempt(conn, result, self._target.url)
+
+        await self._writer.run(record)
         if state != "pending":
             self.live_authorization.pop(relay.row, None)
         self._report(result)
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    pass
 
 
 def pending_relays(reader: sqlite3.Connection, limit: int = 1000) -> list[Relay]:

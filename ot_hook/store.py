@@ -302,7 +302,9 @@ class Writer:
         if self._conn is None:
             self._conn = open_for_writing(self.path, max_pages=self.max_pages)
             self._identity = file_identity(self.path)
-            self._wal_identity = None
+            # The log this connection reads and writes (see `_remove_old_log`); opening
+            # made it, unless the file cannot take one yet.
+            self._wal_identity = file_identity(Path(f"{self.path}-wal"))
         return self._conn
 
     def _remove_old_log(self) -> None:

@@ -392,3 +392,37 @@ async def test_an_answer_that_is_not_http_is_one_line_naming_it(state: Path) -> 
     [(_, _, status, error, _)] = attempts(state)
     assert status is None and error is not None
     assert error.startswith("the app's answer is not valid HTTP: ") and "\n" not in error
+
+
+async def test_a_backup_moved_in_place_is_relayed_from_and_recorded_in(state: Path) -> None:
+    # The relays to make are read from the file that is the store now, and an attempt that
+    # was under way when the file was swapped is not recorded against the new file's rows.
+    release = asyncio.Event()
+    app = App()
+    first = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        app.received.append((body, dict(request.headers)))
+        if len(app.received) == 1:
+            first.set()
+            await release.wait()  # the first relay is still under way when the file goes
+        return web.Response(text="ok")
+
+    async with serving(handle) as url, running(state, forward=ForwardOptions(url)) as r:
+        path = state / home.STORE
+        await post(r, sample(1))
+        await first.wait()
+        backup = state / "backup.db"
+        source, copy = sqlite3.connect(path), sqlite3.connect(backup)
+        source.backup(copy)  # row 1, its relay still pending
+        source.close()
+        copy.close()
+        backup.replace(path)
+        release.set()
+        await post(r, sample(2))
+        await until(lambda: sorted(b for b, _ in app.received) == sorted(
+            [sample(1), sample(1), sample(2)]))
+        await until(lambda: relay_rows(state) == [(1, "delivered", 1), (2, "delivered", 1)])
+    # Row 1 was relayed from each file once; the swap left nothing pending or sent twice more.
+    assert len(app.received) == 3
