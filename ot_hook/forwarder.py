@@ -40,6 +40,11 @@ RELAY_HEADER = "X-OT-Hook-Relay"
 TIMEOUT = 10.0  # seconds for one attempt
 CONCURRENCY = 8  # records relayed at once
 IDLE_POLL = 1.0  # seconds between looks at the store when nothing woke us
+# When an outcome cannot be recorded (the store locked or full), it is tried again after
+# this long, up to RECORD_PAUSE_MAX, instead of sending the relay again.
+RECORD_PAUSE = 1.0
+RECORD_PAUSE_MAX = 10.0
+TROUBLE_PAUSE = 5.0  # seconds before relaying again after the store could not be read
 
 
 @dataclass(frozen=True)
@@ -103,10 +108,13 @@ class Forwarder:
         writer: Store,
         target: ForwardTarget,
         report: Callable[[AttemptResult], None] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self._writer = writer
         self._target = target
         self._report = report or (lambda result: None)
+        self._warn = warn or (lambda text: None)
+        self._trouble: str | None = None  # what stops relaying now, said once
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # by record key
         # A record whose relay finished while the pending list was being read may look
@@ -134,13 +142,21 @@ class Forwarder:
                 while True:
                     self._wake.clear()
                     read_from = self._finishes
-                    if store.file_identity(self._writer.path) != self._reading:
-                        # Replaced (a backup moved in place): the store's writer sets the old
-                        # log aside first, or the new file would be read through it.
-                        await self._writer.run(_nothing)
-                        reader = await loop.run_in_executor(reads, self._reopen, reader)
-                    due = await loop.run_in_executor(reads, pending_relays, reader)
-                    next_wake = self._start_due(session, due, read_from)
+                    try:
+                        if store.file_identity(self._writer.path) != self._reading:
+                            # Replaced (a backup moved in place): the store's writer sets the
+                            # old log aside first, or the new file would be read through it.
+                            await self._writer.run(_nothing)
+                            reader = await loop.run_in_executor(reads, self._reopen, reader)
+                        due = await loop.run_in_executor(reads, pending_relays, reader)
+                        next_wake = self._start_due(session, due, read_from)
+                    except (store.StoreError, sqlite3.Error) as exc:
+                        # Not a store now (a foreign file moved in place, a damaged one):
+                        # relaying waits, and goes on by itself once it is one again.
+                        self._troubled(f"relays wait: {exc}")
+                        next_wake = TROUBLE_PAUSE
+                    else:
+                        self._troubled(None)
                     # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
                     # the cancellation that stops serve when the event fires at that moment.
                     with contextlib.suppress(TimeoutError):
@@ -153,6 +169,13 @@ class Forwarder:
             reads.submit(reader.close)
             reads.shutdown(wait=False)
 
+    def _troubled(self, trouble: str | None) -> None:
+        if trouble is not None and trouble != self._trouble:
+            self._warn(trouble)
+        elif trouble is None and self._trouble is not None:
+            self._warn("relays go on")
+        self._trouble = trouble
+
     def _open_reader(self) -> sqlite3.Connection:
         reader = store.open_for_reading(self._writer.path)
         self._reading = store.file_identity(self._writer.path)
@@ -160,9 +183,10 @@ class Forwarder:
 
     def _reopen(self, reader: sqlite3.Connection) -> sqlite3.Connection:
         """A reader of the file that is the store now: the old file's pending relays are not
-        the store's any more."""
+        the store's any more. Raises StoreError (the old reader is kept) when it is none."""
+        fresh = self._open_reader()
         reader.close()
-        return self._open_reader()
+        return fresh
 
     def _start_due(
         self, session: aiohttp.ClientSession, relays: list[Relay], read_from: int
@@ -183,7 +207,7 @@ class Forwarder:
                 continue
             if len(self._in_flight) >= CONCURRENCY:
                 break
-            task = asyncio.create_task(self._relay(session, relay, self._reading))
+            task = asyncio.create_task(self._relay_safely(session, relay, self._reading))
             self._in_flight[relay.record_key] = task
             task.add_done_callback(functools.partial(self._done, relay.record_key))
         self._finished_at = {k: n for k, n in self._finished_at.items() if n > read_from}
@@ -194,6 +218,15 @@ class Forwarder:
         self._finishes += 1
         self._finished_at[record_key] = self._finishes
         self._wake.set()  # the next relay of that record may go now, after a fresh read
+
+    async def _relay_safely(self, session: aiohttp.ClientSession, relay: Relay,
+                            read_in: tuple[int, int] | None) -> None:
+        try:
+            await self._relay(session, relay, read_in)
+        except Exception as exc:  # a relays row edited into nonsense, or a bug: never spin
+            self._warn(f"relay {relay.row} failed unexpectedly ({exc!r}); trying again in "
+                       f"{TROUBLE_PAUSE:g} s")
+            await asyncio.sleep(TROUBLE_PAUSE)  # in flight meanwhile: not started again
 
     async def _relay(self, session: aiohttp.ClientSession, relay: Relay,
                      read_in: tuple[int, int] | None) -> None:
@@ -247,7 +280,16 @@ class Forwarder:
             if store.file_identity(self._writer.path) == read_in:
                 record_attempt(conn, result, self._target.url)
 
-        await self._writer.run(record)
+        pause = RECORD_PAUSE
+        while True:  # the relay stays in flight meanwhile: it is not sent again
+            try:
+                await self._writer.run(record)
+                break
+            except store.StoreUnavailable as exc:
+                self._warn(f"the outcome of relay {relay.row} (attempt {attempt}) cannot be "
+                           f"recorded: {exc}; trying again in {pause:g} s")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECORD_PAUSE_MAX)
         if state != "pending":
             self.live_authorization.pop(relay.row, None)
         self._report(result)
@@ -260,7 +302,9 @@ def _nothing(conn: sqlite3.Connection) -> None:
 def pending_relays(reader: sqlite3.Connection, limit: int = 1000) -> list[Relay]:
     """The oldest pending relays with their bodies, in one short read transaction."""
     rows = reader.execute(
-        "SELECT r.row, r.record_key, r.attempts, r.next_at, d.body, d.content_type "
+        # CAST: a value edited by hand into text reads as 0, not as a crash of the relay loop.
+        "SELECT r.row, r.record_key, CAST(r.attempts AS INTEGER), CAST(r.next_at AS REAL), "
+        "d.body, d.content_type "
         "FROM relays AS r JOIN deliveries AS d ON d.row = r.row "
         "WHERE r.state = 'pending' ORDER BY r.row LIMIT ?",
         (limit,),

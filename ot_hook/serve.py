@@ -255,6 +255,7 @@ class Receiver:
             self.forwarder = Forwarder(
                 self.store, options.forward.target(),
                 report=None if options.quiet else lambda result: self.log.line(describe(result)),
+                warn=lambda text: self.log.line(f"WARNING: {text}"),
             )
 
     async def _start_site(self) -> None:

@@ -426,3 +426,56 @@ async def test_a_backup_moved_in_place_is_relayed_from_and_recorded_in(state: Pa
         await until(lambda: relay_rows(state) == [(1, "delivered", 1), (2, "delivered", 1)])
     # Row 1 was relayed from each file once; the swap left nothing pending or sent twice more.
     assert len(app.received) == 3
+
+
+async def test_an_outcome_that_cannot_be_recorded_is_retried_not_the_relay(
+        state: Path) -> None:
+    # Another program holds the store's write lock while a relay is under way: the outcome
+    # waits to be recorded (said on stderr) instead of the relay going out again and again.
+    release = asyncio.Event()
+    app = App()
+
+    async def handle(request: web.Request) -> web.Response:
+        app.received.append((await request.read(), dict(request.headers)))
+        await release.wait()
+        return web.Response(text="ok")
+
+    err = io.StringIO()
+    async with serving(handle) as url, running(state, err, forward=ForwardOptions(url)) as r:
+        await post(r, sample(1))
+        await until(lambda: len(app.received) == 1)
+        holder = sqlite3.connect(state / home.STORE, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the store locked, past the 5 s busy timeout
+        release.set()
+        await until(lambda: "cannot be recorded" in err.getvalue(), within=15)
+        holder.execute("ROLLBACK")
+        holder.close()
+        await until(lambda: relay_rows(state) == [(1, "delivered", 1)], within=15)
+    assert len(app.received) == 1
+    assert attempts(state) == [(1, 1, 200, None, "delivered")]
+
+
+async def test_relays_edited_into_nonsense_or_a_foreign_store_stop_nothing(
+        state: Path) -> None:
+    err = io.StringIO()
+    async with user_app(App(answer=lambda n: 500 if n == 1 else 200)) as app, \
+            running(state, err, forward=ForwardOptions(app.url)) as r:
+        path = state / home.STORE
+        await post(r, sample(1))
+        await until(lambda: relay_rows(state) == [(1, "pending", 1)])
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE relays SET attempts = 'abc', next_at = 'x'")  # by hand
+        conn.commit()
+        conn.close()
+        await until(lambda: relay_rows(state) == [(1, "delivered", 1)])
+        # Another program's SQLite file in place of the store: relays wait, and say why...
+        path.replace(state / "real.db")
+        foreign = sqlite3.connect(path)
+        foreign.execute("CREATE TABLE t (x)")
+        foreign.commit()
+        foreign.close()
+        await until(lambda: "relays wait" in err.getvalue(), within=15)
+        (state / "real.db").replace(path)  # ...and go on once it is back
+        assert (await post(r, sample(2))).status == 200
+        await until(lambda: len(app.received) == 3, within=15)
+    assert [body for body, _ in app.received] == [sample(1), sample(1), sample(2)]
