@@ -144,9 +144,9 @@ class Forwarder:
                     read_from = self._finishes
                     try:
                         if store.file_identity(self._writer.path) != self._reading:
-                            # Replaced (a backup moved in place): the store's writer sets the
-                            # old log aside first, or the new file would be read through it.
-                            await self._writer.run(_nothing)
+                            # Replaced (a backup moved in place): read the new file, once the
+                            # store's writer has set the old one's log aside.
+                            await self._writer.follow_replacement()
                             reader = await loop.run_in_executor(reads, self._reopen, reader)
                         due = await loop.run_in_executor(reads, pending_relays, reader)
                         next_wake = self._start_due(session, due, read_from)
@@ -293,10 +293,6 @@ class Forwarder:
         if state != "pending":
             self.live_authorization.pop(relay.row, None)
         self._report(result)
-
-
-def _nothing(conn: sqlite3.Connection) -> None:
-    pass
 
 
 def pending_relays(reader: sqlite3.Connection, limit: int = 1000) -> list[Relay]:

@@ -36,7 +36,7 @@ from ot_hook.receiver import (
 )
 from ot_hook.requestlog import StatusLog, aiohttp_errors_to
 from ot_hook.sender import is_loopback
-from ot_hook.store import Saved, damage
+from ot_hook.store import Saved, StoreUnavailable, damage
 from ot_hook.terminal import isatty
 from ot_hook.textsafe import printable
 from ot_hook.writer import Store
@@ -390,10 +390,14 @@ def pending_relays(path: Path) -> int:
 
 async def watch_writer(store: Store, log: StatusLog) -> None:
     """Say when the writer stops answering (a stopped process, a hung disk): the deliveries
-    wait unanswered, which no request line would show until it answers or dies."""
+    wait unanswered, which no request line would show until it answers or dies. And follow
+    a store file removed or replaced at once, not at the next delivery (see
+    `Store.follow_replacement`)."""
     warned = False
     while True:
         await asyncio.sleep(WATCH_INTERVAL)
+        with contextlib.suppress(StoreUnavailable):  # not a store: said when written to
+            await store.follow_replacement()
         seconds, waiting = store.stalled()
         if not warned and seconds >= WRITER_STALLED:
             waits = "1 delivery waits" if waiting == 1 else f"{waiting} deliveries wait"

@@ -201,9 +201,16 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         )
     for target in range(version + 1, SCHEMA_VERSION + 1):
         # One script, one transaction: a crash mid-migration leaves the old version intact.
-        conn.executescript(
-            f"BEGIN IMMEDIATE; {MIGRATIONS[target]}; PRAGMA user_version = {target}; COMMIT;"
-        )
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {MIGRATIONS[target]}; PRAGMA user_version = {target}; COMMIT;"
+            )
+        except sqlite3.OperationalError:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            # serve's two writers may set up a new file at once: the other one did this step.
+            if conn.execute("PRAGMA user_version").fetchone()[0] < target:
+                raise
 
 
 def remove_orphaned_wal(path: Path) -> None:
@@ -306,6 +313,11 @@ class Writer:
             # made it, unless the file cannot take one yet.
             self._wal_identity = file_identity(Path(f"{self.path}-wal"))
         return self._conn
+
+    def replaced(self) -> bool:
+        """Whether the file at the store's path is no longer the one this connection writes
+        (removed, or another put in its place); the next transaction connects again."""
+        return self._conn is not None and file_identity(self.path) != self._identity
 
     def _remove_old_log(self) -> None:
         """A file put in place of the store (a backup, say) must not be read through the old

@@ -59,6 +59,7 @@ from ot_hook.store import (
     StoreError,
     StoreUnavailable,
     Writer,
+    file_identity,
     first_accepted_sql,
 )
 
@@ -336,6 +337,7 @@ class Store:
         self._waiting: collections.deque[asyncio.Future[Saved]] = collections.deque()
         self._progress_at = 0.0  # the last answer, or the first delivery to wait since
         self._stopped_at = 0.0
+        self._replaced_by: tuple[int, int] | None = None  # the file a swap was last said for
 
     def open(self) -> None:
         """Create or migrate the store, then start the writer; raises StoreError."""
@@ -349,7 +351,23 @@ class Store:
         """The writer process's pid while one runs (the fault tests kill it)."""
         return self._process.pid if self._process is not None else None
 
+    def replaced(self) -> bool:
+        """Whether the store's file was removed or replaced since it was last written."""
+        return self._job_writer is not None and self._job_writer.replaced()
+
+    async def follow_replacement(self) -> None:
+        """Move to the file now at the store's path, when it was replaced, setting the old
+        file's log aside: nothing may open the new file through it (SQLite would apply the
+        old log to it, and damage it). Raises `StoreUnavailable` when it is no store."""
+        if self.replaced():
+            await self.run(lambda conn: None)
+
     def _replaced(self, message: str) -> None:
+        # Both writers (this process's and the writer process) notice a swap: say it once.
+        now = file_identity(self.path)
+        if now == self._replaced_by and now is not None:
+            return
+        self._replaced_by = now
         if self.on_replaced is not None:
             self.on_replaced(message)
 
