@@ -225,3 +225,19 @@ def test_a_file_put_in_place_of_the_store_takes_no_row_number_again(tmp_path: Pa
     empty.replace(path)
     assert commit_ids(to, numbering, [1, 9]) == [(4, "accepted", None), (5, "accepted", None)]
     to.close()
+
+
+def test_the_writer_inbox_gives_every_row_in_order_across_batches() -> None:
+    """Frames that come together make one batch; nothing is lost or reordered when the
+    receiver closes its end."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        inbox = writer._Inbox(theirs)
+        ours.sendall(b"".join(writer.frame([(n,)]) for n in range(10)))
+        batches = inbox.batches(max_batch=1000)
+        assert next(batches) == [(n,) for n in range(10)]
+        ours.sendall(writer.frame([(10,)]) + writer.frame([(11,)]))
+        ours.shutdown(socket.SHUT_WR)
+        assert [row for batch in batches for row in batch] == [(10,), (11,)]
