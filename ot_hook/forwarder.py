@@ -123,6 +123,7 @@ class Forwarder:
         self._finished_at: dict[str, int] = {}  # record key -> number of its last finish
         self.live_authorization: dict[int, str] = {}  # row -> header passed through, in memory
         self._reading: tuple[int, int] | None = None  # which file the pending relays come from
+        self._reading_log: tuple[object, ...] | None = None  # and which -wal and -shm
 
     def wake(self) -> None:
         self._wake.set()
@@ -143,9 +144,12 @@ class Forwarder:
                     self._wake.clear()
                     read_from = self._finishes
                     try:
-                        if store.file_identity(self._writer.path) != self._reading:
-                            # Replaced (a backup moved in place): read the new file, once the
-                            # store's writer has set the old one's log aside.
+                        path = self._writer.path
+                        if store.file_identity(path) != self._reading \
+                                or store.log_identity(path) != self._reading_log:
+                            # Replaced (a backup moved in place), or its log removed: read
+                            # the file there, once the store's writer has set the old log
+                            # aside (a reader of the old log would see no new relay).
                             await self._writer.follow_replacement()
                             reader = await loop.run_in_executor(reads, self._reopen, reader)
                         due = await loop.run_in_executor(reads, pending_relays, reader)
@@ -179,6 +183,7 @@ class Forwarder:
     def _open_reader(self) -> sqlite3.Connection:
         reader = store.open_for_reading(self._writer.path)
         self._reading = store.file_identity(self._writer.path)
+        self._reading_log = store.log_identity(self._writer.path)
         return reader
 
     def _reopen(self, reader: sqlite3.Connection) -> sqlite3.Connection:

@@ -297,27 +297,76 @@ class Writer:
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
         self._wal_identity: tuple[int, int] | None = None
+        self._shm_identity: tuple[int, int] | None = None
 
     def connect(self) -> sqlite3.Connection:
         """The connection, opened (and the store created) if need be; raises StoreError."""
+        said = None
         if self._conn is not None and file_identity(self.path) != self._identity:
             self.close()
             self._remove_old_log()
-            if self.on_replaced is not None:
-                self.on_replaced(f"{self.path} was removed or replaced: storing in the file "
-                                 "now there (what was stored before is not in it)")
-        if self._conn is None:
-            self._conn = open_for_writing(self.path, max_pages=self.max_pages)
-            self._identity = file_identity(self.path)
-            # The log this connection reads and writes (see `_remove_old_log`); opening
-            # made it, unless the file cannot take one yet.
-            self._wal_identity = file_identity(Path(f"{self.path}-wal"))
+            said = (f"{self.path} was removed or replaced: storing in the file now there "
+                    "(what was stored before is not in it)")
+        elif self._conn is not None and self._log_removed():
+            self._copy_in_removed_log()
+            said = (f"{self.path.name}-wal or -shm was removed while serve ran: what the "
+                    f"removed log held was copied into {self.path.name} first, and a new log "
+                    "begun (leave them be while serve runs: they hold the latest deliveries)")
+        try:
+            if self._conn is None:
+                self._conn = open_for_writing(self.path, max_pages=self.max_pages)
+                self._identity = file_identity(self.path)
+                # The log this connection reads and writes (see `_remove_old_log`); opening
+                # made it, unless the file cannot take one yet.
+                self._note_log()
+        finally:  # said once the new log is there: the writers tell one change by it
+            if said is not None and self.on_replaced is not None:
+                self.on_replaced(said)
         return self._conn
 
     def replaced(self) -> bool:
-        """Whether the file at the store's path is no longer the one this connection writes
-        (removed, or another put in its place); the next transaction connects again."""
-        return self._conn is not None and file_identity(self.path) != self._identity
+        """Whether the file at the store's path, or its log, is no longer the one this
+        connection writes (removed, or another put in its place); the next transaction
+        connects again."""
+        return self._conn is not None and (
+            file_identity(self.path) != self._identity or self._log_removed())
+
+    def _note_log(self) -> None:
+        self._wal_identity, self._shm_identity = log_identity(self.path)
+
+    def _log_removed(self) -> bool:
+        """Whether the -wal or -shm this connection uses is gone from its path (`rm
+        events.db-wal`): SQLite would go on writing to the removed log, which no other
+        connection sees and a crash takes with it."""
+        return self._wal_identity is not None and (
+            file_identity(Path(f"{self.path}-wal")) != self._wal_identity
+            or file_identity(Path(f"{self.path}-shm")) != self._shm_identity)
+
+    def _copy_in_removed_log(self) -> None:
+        """Copy what the removed log holds into the store file, then let go of it: the next
+        connection begins a new log at the log's path.
+
+        The copy goes through the old -shm, the index of the old -wal, which only serve's
+        own connections share, unless one of them has already begun the new log beside
+        the old -shm: then that one copied it, and this one only lets go. TRUNCATE empties
+        the old -wal, so only when it is no longer the file at the path."""
+        assert self._conn is not None
+        wal_now = file_identity(Path(f"{self.path}-wal"))
+        shm_now = file_identity(Path(f"{self.path}-shm"))
+        if not (shm_now == self._shm_identity and wal_now is not None):
+            mode = "PASSIVE" if wal_now == self._wal_identity else "TRUNCATE"
+            try:
+                busy, log, copied = self._conn.execute(
+                    f"PRAGMA wal_checkpoint({mode})").fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"the store's log {self.path}-wal was removed, and what "
+                                 f"it held cannot be copied into the store: {exc}") from None
+            if busy or log != copied:  # closing now would lose what is not copied
+                raise StoreError(f"the store's log {self.path}-wal was removed, and a "
+                                 "reader still holds it: it is copied into the store once "
+                                 "the reader lets go")
+        self.close()
+        self._wal_identity = self._shm_identity = None
 
     def _remove_old_log(self) -> None:
         """A file put in place of the store (a backup, say) must not be read through the old
@@ -342,7 +391,7 @@ class Writer:
                 conn.execute("ROLLBACK")
             raise
         if self._wal_identity is None:  # the log this connection writes to (see above)
-            self._wal_identity = file_identity(Path(f"{self.path}-wal"))
+            self._note_log()
         return result
 
     def close(self) -> None:
@@ -359,6 +408,12 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return stat.st_dev, stat.st_ino
+
+
+def log_identity(path: Path) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """Which -wal and -shm the store at `path` has now: a reader that holds the old ones
+    after they were removed sees none of what is written since."""
+    return file_identity(Path(f"{path}-wal")), file_identity(Path(f"{path}-shm"))
 
 
 def damage(path: Path) -> str | None:

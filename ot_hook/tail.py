@@ -344,14 +344,22 @@ def _deliveries(
             return
         version = _data_version(conn)
         status(f"following {spec.path} (Ctrl-C to stop)")
-        identity = store.file_identity(spec.path)
+        identity, log = store.file_identity(spec.path), store.log_identity(spec.path)
         next_recheck = clock() + spec.recheck_interval
         while not stop():
             sleep(spec.poll_interval)
             changed = _data_version(conn) != version
             if clock() >= next_recheck:
                 next_recheck = clock() + spec.recheck_interval
-                if store.file_identity(spec.path) != identity:  # deleted or replaced under us
+                if store.file_identity(spec.path) == identity \
+                        and store.log_identity(spec.path) != log:
+                    # Its -wal or -shm removed: this connection would read the old log
+                    # for ever, and see nothing serve writes to the new one.
+                    conn.close()
+                    conn = store.open_for_reading(spec.path)
+                    log = store.log_identity(spec.path)
+                    changed = True
+                elif store.file_identity(spec.path) != identity:  # deleted or replaced
                     conn.close()
                     status(f"the store {spec.path} was replaced; following the new one")
                     reopened = _wait_for_store(spec, status, stop, sleep)
@@ -359,7 +367,7 @@ def _deliveries(
                         return
                     conn = reopened
                     seen, relays_seen, changed = 0, None, True
-                    identity = store.file_identity(spec.path)
+                    identity, log = store.file_identity(spec.path), store.log_identity(spec.path)
                 at = marks(conn)  # a safety net; cheap
                 changed = changed or at.row != seen or (spec.relays and at.attempt != relays_seen)
             if not changed:

@@ -337,7 +337,7 @@ class Store:
         self._waiting: collections.deque[asyncio.Future[Saved]] = collections.deque()
         self._progress_at = 0.0  # the last answer, or the first delivery to wait since
         self._stopped_at = 0.0
-        self._replaced_by: tuple[int, int] | None = None  # the file a swap was last said for
+        self._replaced_by: tuple[object, ...] | None = None  # the change said last
 
     def open(self) -> None:
         """Create or migrate the store, then start the writer; raises StoreError."""
@@ -363,9 +363,10 @@ class Store:
             await self.run(lambda conn: None)
 
     def _replaced(self, message: str) -> None:
-        # Both writers (this process's and the writer process) notice a swap: say it once.
-        now = file_identity(self.path)
-        if now == self._replaced_by and now is not None:
+        # Both writers (this process's and the writer process) notice a change, and each
+        # says it once it has a log in the new place: say it once for that file and log.
+        now = (message, file_identity(self.path), file_identity(Path(f"{self.path}-wal")))
+        if now == self._replaced_by and now[1] is not None:
             return
         self._replaced_by = now
         if self.on_replaced is not None:

@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import ssl
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -461,3 +462,27 @@ async def test_a_backup_put_in_place_is_safe_to_open_before_the_next_delivery(
         assert (await post(receiver, sample(7))).status == 200
     assert [row.event_id for row in stored(state)] == [1, 2, 3, 7]
     assert err.getvalue().count("removed or replaced") == 1
+
+
+@pytest.mark.parametrize("removed", [("-wal", "-shm"), ("-wal",), ("-shm",)])
+def test_a_log_removed_while_serving_loses_nothing_at_a_crash(
+        state: Path, removed: tuple[str, ...]) -> None:
+    """`rm events.db-wal events.db-shm` while serve runs: SQLite goes on writing to the
+    removed log, where a crash would take every delivery answered since (and any not yet
+    copied into events.db). serve copies the old log in and starts a new one, and says so."""
+    served = start_serve(state, "--quiet")
+    url, ca = served.info.url, state / "ca.pem"
+    assert asyncio.run(post_many(url, ca, [sample(n) for n in (1, 2, 3)], 1)) == [200] * 3
+    for suffix in removed:
+        (state / f"{home.STORE}{suffix}").unlink()
+    assert asyncio.run(post_many(url, ca, [sample(n) for n in (4, 5)], 1)) == [200] * 2
+    time.sleep(serve.WATCH_INTERVAL * 1.5)  # serve's other connection follows by itself
+    assert asyncio.run(post_many(url, ca, [sample(6)], 1)) == [200]
+    children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children")
+    for pid in [int(child) for child in children.read_text().split()]:
+        os.kill(pid, signal.SIGKILL)  # the writer, as a power cut would stop it
+    served.process.send_signal(signal.SIGKILL)
+    served.wait()
+    assert integrity(state) == "ok"
+    assert [row.event_id for row in stored(state)] == [1, 2, 3, 4, 5, 6]
+    assert served.stderr.count(f"{home.STORE}-wal or -shm was removed") == 1, served.stderr

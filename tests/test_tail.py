@@ -474,6 +474,23 @@ async def test_following_survives_a_receiver_restart(
     assert code == 130 and "Traceback" not in stderr
 
 
+async def test_following_goes_on_after_the_stores_log_is_removed(
+    receiver: Receiver, state: Path, tail_process: list[TailProcess]
+) -> None:
+    """`rm events.db-wal events.db-shm` while serve and tail run: serve begins a new log,
+    and tail, which read the old one, reads the new one (else it would show nothing more)."""
+    follower = TailProcess(state, "--json", "-n", "0")
+    tail_process.append(follower)
+    await wait_ready(follower)
+    await post(receiver, sample(60))
+    assert (await follower.next_json())["event"]["Id"] == 60
+    for suffix in ("-wal", "-shm"):
+        (state / f"events.db{suffix}").unlink()
+    for event_id in (61, 62):
+        await post(receiver, sample(event_id))
+        assert (await follower.next_json())["event"]["Id"] == event_id
+
+
 async def test_a_closed_pipe_ends_tail_quietly(receiver: Receiver, state: Path) -> None:
     """`ot-hook tail | head -n 1`: once head has its line and goes, tail goes too, silently."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
