@@ -448,8 +448,10 @@ def reading(path: Path) -> Iterator[None]:
 # The highest row given out, as an SQL expression: AUTOINCREMENT's counter (it never goes
 # back, even after prune), or the highest row should that counter have been edited by hand.
 # The writer numbers past it, as AUTOINCREMENT itself would.
-LAST_ROW_SQL = ("max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0), "
-                "coalesce((SELECT max(row) FROM deliveries), 0))")
+# The counter counts only as a whole number: edited by hand to text or a fraction, it would
+# pass every row number (text sorts after numbers in SQLite) and break the numbering.
+LAST_ROW_SQL = ("max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries' "
+                "AND typeof(seq) = 'integer'), 0), coalesce((SELECT max(row) FROM deliveries), 0))")
 
 
 def first_accepted_sql(count: int) -> str:

@@ -211,6 +211,9 @@ def test_rows_are_numbered_past_the_highest_even_with_the_counter_edited(
     assert commit_ids(to, numbering, [4]) == [(4, "accepted", None)]
     insert_by_hand(path, "UPDATE sqlite_sequence SET seq = 1")
     assert commit_ids(to, numbering, [5]) == [(5, "accepted", None)]
+    for row, nonsense in enumerate(("'abc'", "6.5", "NULL"), start=6):  # not row numbers
+        insert_by_hand(path, f"UPDATE sqlite_sequence SET seq = {nonsense}")
+        assert commit_ids(to, numbering, [row]) == [(row, "accepted", None)]
     to.close()
 
 
