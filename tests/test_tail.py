@@ -491,6 +491,32 @@ async def test_following_goes_on_after_the_stores_log_is_removed(
         assert (await follower.next_json())["event"]["Id"] == event_id
 
 
+async def test_following_goes_on_after_a_backup_is_moved_in_place(
+    receiver: Receiver, state: Path, tail_process: list[TailProcess]
+) -> None:
+    """A backup moved over events.db while serve and tail run: tail shows the backup's rows
+    and then what serve stores in it, not the old store's rows read through its old log."""
+    follower = TailProcess(state, "--json", "-n", "0")
+    tail_process.append(follower)
+    await wait_ready(follower)
+    await post(receiver, sample(70))
+    assert (await follower.next_json())["event"]["Id"] == 70
+    backup = state.parent / "backup.db"
+    source = sqlite3.connect(f"file:{state / 'events.db'}?mode=ro", uri=True)
+    target = sqlite3.connect(backup)
+    source.backup(target)
+    source.close()
+    target.close()
+    await post(receiver, sample(71))  # in the old store only
+    assert (await follower.next_json())["event"]["Id"] == 71
+    os.replace(backup, state / "events.db")
+    await follower.status("replaced")
+    assert (await follower.next_json())["event"]["Id"] == 70  # the backup's own row
+    await post(receiver, sample(72))
+    line = await follower.next_json()
+    assert (line["row"], line["event"]["Id"]) == (3, 72)
+
+
 async def test_a_closed_pipe_ends_tail_quietly(receiver: Receiver, state: Path) -> None:
     """`ot-hook tail | head -n 1`: once head has its line and goes, tail goes too, silently."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
