@@ -319,8 +319,9 @@ class Writer:
                 # The log this connection reads and writes (see `_remove_old_log`); opening
                 # made it, unless the file cannot take one yet.
                 self._note_log()
-        finally:  # said once the new log is there: the writers tell one change by it
+        finally:
             if said is not None and self.on_replaced is not None:
+                # Said once the new log is there: the writers tell one change by it.
                 self.on_replaced(said)
         return self._conn
 
@@ -344,7 +345,9 @@ class Writer:
 
     def _copy_in_removed_log(self) -> None:
         """Copy what the removed log holds into the store file, then let go of it: the next
-        connection begins a new log at the log's path.
+        connection begins a new log at the log's path (closed first: SQLite shares one -shm
+        among a process's connections to a file, and the new log needs a new one). Closing
+        cannot delete the new -wal while serve's other connection holds the store open.
 
         The copy goes through the old -shm, the index of the old -wal, which only serve's
         own connections share, unless one of them has already begun the new log beside

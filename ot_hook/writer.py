@@ -23,6 +23,7 @@ or a closed terminal reaches the whole process group, and the receiver stops it 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -437,6 +438,12 @@ class Store:
 
     def close(self) -> None:
         """Send what is left, let the writer commit it and stop, then close the file."""
+        if self._jobs is not None and self._job_writer is not None \
+                and self._job_writer.replaced():
+            # Follow a removed log while the writer process holds the store open: this
+            # connection, closed last on the old log, would delete the new -wal with it.
+            with contextlib.suppress(StoreError, sqlite3.Error):
+                self._jobs.submit(self._job_writer.connect).result()
         if self._sock is not None:
             self._finish_writer()
         if self._jobs is not None:

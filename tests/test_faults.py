@@ -486,3 +486,18 @@ def test_a_log_removed_while_serving_loses_nothing_at_a_crash(
     assert integrity(state) == "ok"
     assert [row.event_id for row in stored(state)] == [1, 2, 3, 4, 5, 6]
     assert served.stderr.count(f"{home.STORE}-wal or -shm was removed") == 1, served.stderr
+
+
+def test_a_log_removed_just_before_serve_stops_loses_nothing(state: Path) -> None:
+    """serve stops before its own connection has followed the new log (it looks once a
+    second): closing that connection last must not delete the new -wal, which holds the
+    deliveries stored since."""
+    served = start_serve(state, "--quiet")
+    url, ca = served.info.url, state / "ca.pem"
+    assert asyncio.run(post_many(url, ca, [sample(n) for n in (1, 2, 3)], 1)) == [200] * 3
+    for suffix in ("-wal", "-shm"):
+        (state / f"{home.STORE}{suffix}").unlink()
+    assert asyncio.run(post_many(url, ca, [sample(n) for n in (4, 5)], 1)) == [200] * 2
+    assert served.stop() == 0
+    assert integrity(state) == "ok"
+    assert [row.event_id for row in stored(state)] == [1, 2, 3, 4, 5]
