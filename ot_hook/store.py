@@ -163,10 +163,35 @@ class StoredDelivery:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredDelivery:
+        """A row as serve wrote it, or as far as it can be read after an edit by hand (the
+        sqlite3 shell): what cannot be is named in its warnings, so that one edited row
+        stops no reader of the rest."""
         values = dict(row)
-        values["warnings"] = json.loads(values["warnings"])
-        values["headers"] = [tuple(pair) for pair in json.loads(values["headers"])]
+        problems: list[str] = []
+        warnings = _edited_json(values["warnings"], "warnings", problems)
+        headers = _edited_json(values["headers"], "headers", problems)
+        values["warnings"] = [str(w) for w in warnings] + problems
+        values["headers"] = [(str(pair[0]), str(pair[1])) for pair in headers
+                             if isinstance(pair, list) and len(pair) == 2]
+        for name, value in values.items():
+            if isinstance(value, bytes) and name != "body":  # text edited into a blob
+                values[name] = value.decode("utf-8", "replace")
+        if not isinstance(values["body"], bytes):  # a blob edited into text or a number
+            values["body"] = str(values["body"]).encode("utf-8", "surrogatepass")
         return cls(**values)
+
+
+def _edited_json(text: Any, column: str, problems: list[str]) -> list[Any]:
+    """A column that holds a JSON array, or [] with the reason in `problems`."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        value = None
+    if isinstance(value, list):
+        return value
+    problems.append(f"the row's {column} column is not a JSON array (edited by hand?): "
+                    f"{printable(str(text))[:80]}")
+    return []
 
 
 COLUMNS = ", ".join(f.name for f in StoredDelivery.__dataclass_fields__.values())

@@ -212,7 +212,8 @@ class Marks:
 def marks(conn: sqlite3.Connection) -> Marks:
     row, attempt, relays = conn.execute(
         f"SELECT {store.LAST_ROW_SQL}, "
-        "(SELECT seq FROM sqlite_sequence WHERE name = 'relay_attempts'), "
+        "(SELECT seq FROM sqlite_sequence WHERE name = 'relay_attempts' "
+        "AND typeof(seq) = 'integer'), "
         "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'relay_attempts')"
     ).fetchone()
     return Marks(int(row or 0), int(attempt or 0) if relays else None)

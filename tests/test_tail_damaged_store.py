@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -132,18 +133,29 @@ def test_prunes_count_of_kept_deliveries_over_a_damaged_store_is_a_store_error(
         pruning.pending_kept(damaged / home.STORE, None)
 
 
-def test_a_row_whose_json_is_damaged_is_a_store_error_too(
+def test_a_row_edited_out_of_shape_is_shown_with_what_is_wrong(
     healthy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Damage inside a value leaves SQLite's pages sound: the JSON of the row breaks."""
+    """Damage inside a value (an edit in the sqlite3 shell) leaves SQLite's pages sound: the
+    row is shown as far as it can be read, its warnings say what is wrong, and the other
+    rows are read as ever."""
     state = _copy(healthy, tmp_path / "home")
     with contextlib.closing(sqlite3.connect(state / home.STORE)) as conn, conn:
-        conn.execute("UPDATE deliveries SET headers = '[[\"Host\", \"1' "
-                     "WHERE row = (SELECT MAX(row) FROM deliveries)")
-    assert main(["tail", "--home", str(state), "--no-follow", "-n", "1"]) == 1
-    assert "a damaged row" in _one_line_error(capsys.readouterr().err)
-    assert main(["replay", "--home", str(state), "--dry-run", "--all"]) == 1
-    assert "a damaged row" in _one_line_error(capsys.readouterr().err)
+        last = "(SELECT MAX(row) FROM deliveries)"
+        conn.execute(f"UPDATE deliveries SET headers = '[[\"Host\", \"1', warnings = 'x', "
+                     f"body = CAST(body AS TEXT), description = CAST('d' AS BLOB) "
+                     f"WHERE row = {last}")
+        conn.execute(f"UPDATE deliveries SET body = 42 WHERE row = {last} - 1")
+    assert main(["tail", "--home", str(state), "--no-follow", "-n", "2", "--json", "-v"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    number, edited = [json.loads(line) for line in captured.out.splitlines()]
+    assert number["body"] == "42"
+    assert edited["event"]["Id"] == 4 and edited["headers"] == []
+    assert any("headers column is not a JSON array" in w for w in edited["warnings"])
+    assert any("warnings column is not a JSON array" in w for w in edited["warnings"])
+    assert main(["replay", "--home", str(state), "--dry-run", "--all"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_a_following_tail_that_finds_the_store_replaced_by_a_damaged_one_stops_with_one_error(
@@ -218,3 +230,18 @@ async def test_serve_on_a_whole_store_says_nothing_of_damage(healthy: Path, tmp_
         await asyncio.to_thread(receiver.store_check.join, 30)
         assert not receiver.store_check.is_alive()
     assert "damaged" not in err.getvalue()
+
+
+@pytest.mark.parametrize("nonsense", ["'abc'", "x'00'", "2.5"])
+def test_a_counter_edited_into_nonsense_stops_no_reader(
+    healthy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], nonsense: str
+) -> None:
+    state = _copy(healthy, tmp_path / "home")
+    with contextlib.closing(sqlite3.connect(state / home.STORE)) as conn, conn:
+        conn.execute(f"UPDATE sqlite_sequence SET seq = {nonsense}")
+        conn.execute(f"INSERT INTO sqlite_sequence (name, seq) VALUES "
+                     f"('relay_attempts', {nonsense})")
+    assert main(["tail", "--home", str(state), "--no-follow", "-n", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert json.loads(captured.out)["row"] == 2048
