@@ -31,7 +31,11 @@ def plain_http_answer(https_url: str) -> bytes:
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0 picks a free one). Raises OSError."""
     host = host.removeprefix("[").removesuffix("]")  # [::1], as written in a URL
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except UnicodeError:  # an empty label ("a..b") or one longer than 63 characters
+        raise OSError("not a valid host name") from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

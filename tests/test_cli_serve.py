@@ -67,6 +67,19 @@ def test_port_in_use(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
     assert "--port 0" in err
 
 
+@pytest.mark.parametrize(("host", "reason"), [
+    ("not..valid", "not a valid host name"),  # IDNA refuses an empty label
+    ("a" * 64 + ".example", "not a valid host name"),
+])
+def test_a_host_that_is_no_name_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, host: str, reason: str
+) -> None:
+    code, _, err = run_cli(capsys, "serve", "--home", str(tmp_path / "h"), "--port", "0",
+                           "--user", "u", "--password", "p", "--host", host)
+    assert code == 1
+    assert err == f"ot-hook: error: cannot listen on {host}: {reason}\n"
+
+
 def test_help_and_version_need_no_network_libraries() -> None:
     probe = (
         "import sys\n"
