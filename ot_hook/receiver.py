@@ -199,7 +199,9 @@ class DeliveryHandler:
         if request.method != "POST":
             return self._refused(started, request, 405, "method not allowed", _text(
                 405, "Send the Audit Trail object with POST.", {"Allow": "POST"}))
-        if not self.credentials.accept(request.headers.get("Authorization")):
+        offered = request.headers.getall("Authorization", ())
+        # Two are refused whichever is right: which one a server reads is a guess.
+        if len(offered) != 1 or not self.credentials.accept(offered[0]):
             # Never echo or keep what was offered: this request is logged, not stored.
             return self._refused(started, request, 401, "unauthorized", _text(
                 401, "Authentication required.", {"WWW-Authenticate": REALM_HEADER}))

@@ -11,11 +11,13 @@ import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from ot_hook import codes, decode
 from ot_hook.serve import Receiver
-from tests.support import SAMPLE, basic, post, running, sample, stored
+from tests.support import SAMPLE, basic, post, running, sample, stored, trusting
 
 
 async def test_sample_round_trips_into_the_store_byte_exact(
@@ -277,6 +279,21 @@ async def test_refused_credentials_get_401_and_nothing_is_stored(
     assert answer.status == 401
     assert answer.headers["WWW-Authenticate"] == 'Basic realm="ot-hook", charset="UTF-8"'
     assert "wrong" not in answer.text and "s3cret" not in answer.text
+    assert stored(state) == []
+
+
+@pytest.mark.parametrize("order", ["good first", "good last"])
+async def test_two_authorization_headers_are_refused_in_either_order(
+    receiver: Receiver, state: Path, order: str
+) -> None:
+    """Which one a server reads is a guess: a proxy may add one, or read the other."""
+    pair = [basic(), basic("demo", "wrong")]
+    headers = CIMultiDict(("Authorization", value)
+                          for value in (pair if order == "good first" else pair[::-1]))
+    async with aiohttp.ClientSession() as session, session.post(
+            f"https://127.0.0.1:{receiver.port}/", data=SAMPLE, headers=headers,
+            ssl=trusting(receiver.ca_path)) as answer:
+        assert answer.status == 401
     assert stored(state) == []
 
 
