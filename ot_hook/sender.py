@@ -123,10 +123,28 @@ def check_url(url: str, *, allow_http: bool = False) -> str:
         raise SendError(f"the URL {shown!r} has port 0, where nothing listens", ExitCode.USAGE)
     if not parts.hostname:
         raise SendError(f"the URL {shown!r} names no host", ExitCode.USAGE)
+    full = _full_ipv4(parts.hostname)
+    if full is not None:  # aiohttp refuses it at the first connection: say so now
+        raise SendError(f"the URL {shown!r} writes an IPv4 address in a short form; write "
+                        f"it in full, as {full}", ExitCode.USAGE)
     if parts.username is not None or parts.password is not None:
         raise SendError("put the user and password in --user and --password-file (or "
                         "OT_HOOK_USER and OT_HOOK_PASSWORD), not in the URL", ExitCode.USAGE)
     return url
+
+
+def _full_ipv4(host: str) -> str | None:
+    """The dotted quad for an IPv4 address in a legacy short form (127.1, 2130706433,
+    0x7f.1), which the C library takes and aiohttp refuses; None for anything else."""
+    try:
+        packed = socket.inet_aton(host)
+    except OSError:
+        return None
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return socket.inet_ntoa(packed)
+    return None  # already in full
 
 
 def default_url(state: Path) -> str:

@@ -176,6 +176,7 @@ def test_forward_options_that_cannot_take_effect(
     ["--status-code", "101"],  # an informational status is never a final answer
     ["--delay", "inf"],
     ["--forward-to", ""],  # an unset variable must not turn relaying off unseen
+    ["--forward-to", "https://127.1:3000/"],  # aiohttp would refuse it at every relay
 ])
 def test_bad_serve_flags_exit_2_with_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, flags: list[str]

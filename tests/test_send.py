@@ -196,6 +196,8 @@ async def test_insecure_skips_verification_with_a_warning(
         ("127.0.0.1:8443", "has no scheme; did you mean https://127.0.0.1:8443 ?"),
         ("http://127.0.0.1:8443/", "Order Time sends only HTTPS"),
         ("ftp://127.0.0.1/", "must start with https://"),
+        ("https://127.1:8443/", "short form; write it in full, as 127.0.0.1"),
+        ("https://2130706433/", "short form; write it in full, as 127.0.0.1"),
     ],
 )
 async def test_bad_urls_are_usage_errors(
