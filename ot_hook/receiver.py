@@ -349,13 +349,14 @@ def decode_body(
     if name not in ("gzip", "x-gzip", "deflate"):
         return body, len(body), (415, f"Content-Encoding {printable(encoding)!r} is not "
                                       "supported: send the body as it is, gzip or deflate")
+    if not body:
+        return body, 0, None  # nothing to decode: parsing names the empty body
     # gzip has its own header; HTTP's deflate is zlib's format, and some send raw deflate.
     formats = [16 + zlib.MAX_WBITS] if name != "deflate" else [zlib.MAX_WBITS, -zlib.MAX_WBITS]
     problem = ""
     for wbits in formats:
-        decoder = zlib.decompressobj(wbits)
         try:
-            decoded = decoder.decompress(body, max_body + 1)
+            decoded, rest = _decompress(body, wbits, max_body + 1)
         except zlib.error as exc:
             problem = str(exc)
             continue
@@ -363,11 +364,31 @@ def decode_body(
             return decoded[:max_body], len(decoded), (
                 413, f"body larger than the limit of {max_body} bytes once decoded from "
                      f"{name} ({len(body)} bytes before); the first {max_body} bytes are kept")
-        if not decoder.eof:
+        if rest is None:
             problem = "the stream is cut short"
             continue
+        if rest:  # dropping them unsaid could drop part of the delivery
+            return body, len(body), (400, f"the body has {len(rest)} bytes after the end of "
+                                          f"its {name} stream")
         return decoded, len(decoded), None
     return body, len(body), (400, f"the body could not be decoded as {name}: {problem}")
+
+
+def _decompress(data: bytes, wbits: int, limit: int) -> tuple[bytes, bytes | None]:
+    """Decode `data` up to `limit` bytes, each gzip member in turn (a gzip body may hold
+    several, one after another). Returns what came out and the bytes after the stream, or
+    None for them when the stream is cut short. Raises zlib.error."""
+    out = b""
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        out += decoder.decompress(data, limit - len(out))
+        if len(out) >= limit:
+            return out, b""
+        if not decoder.eof:
+            return out, None
+        data = decoder.unused_data
+        if not (wbits > zlib.MAX_WBITS and data.startswith(b"\x1f\x8b")):
+            return out, data
 
 
 def _too_large(request: web.BaseRequest, max_body: int) -> str:

@@ -211,6 +211,25 @@ async def test_bodies_in_other_encodings_are_decoded_or_refused_and_stored(state
     assert "decoded as gzip: the stream is cut short" in (rows[4].reason or "")
 
 
+async def test_gzip_members_are_all_decoded_and_bytes_after_the_stream_refused(
+        state: Path) -> None:
+    half = len(SAMPLE) // 2
+    members = gzip.compress(SAMPLE[:half]) + gzip.compress(SAMPLE[half:])  # as gzip allows
+    async with running(state) as receiver:
+        answers = [await post(receiver, body, headers={"Content-Encoding": encoding})
+                   for body, encoding in [(members, "gzip"),
+                                          (gzip.compress(sample(2)) + b"junk", "gzip"),
+                                          (zlib.compress(sample(3)) + b"junk", "deflate"),
+                                          (b"", "gzip")]]
+    assert [a.status for a in answers] == [200, 400, 400, 400]
+    rows = stored(state)
+    assert rows[0].body == SAMPLE
+    assert rows[1].reason == "the body has 4 bytes after the end of its gzip stream"
+    assert rows[2].reason == "the body has 4 bytes after the end of its deflate stream"
+    assert rows[1].body == gzip.compress(sample(2)) + b"junk"  # kept as it came
+    assert rows[3].reason is not None and rows[3].reason.startswith("empty body")
+
+
 async def test_gzip_body_is_decoded_and_capped_after_decoding(state: Path) -> None:
     async with running(state, max_body=1000) as receiver:
         small = await post(receiver, gzip.compress(SAMPLE), headers={"Content-Encoding": "gzip"})
