@@ -142,12 +142,22 @@ def write_serve_info(state: Path, info: ServeInfo) -> None:
 def read_serve_info(state: Path) -> ServeInfo | None:
     """The running receiver's serve.json; None when there is none, it is unreadable, or the
     serve that wrote it is gone (SIGKILL leaves it behind)."""
+    info = _serve_info(state)
+    return info if info is not None and _alive(info.pid) else None
+
+
+def stopped_serve_info(state: Path) -> ServeInfo | None:
+    """The serve.json a receiver that is gone left behind (killed), else None."""
+    info = _serve_info(state)
+    return info if info is not None and not _alive(info.pid) else None
+
+
+def _serve_info(state: Path) -> ServeInfo | None:
     try:
         data: dict[str, Any] = json.loads((state / SERVE_INFO).read_text(encoding="utf-8"))
-        info = ServeInfo(**data)
+        return ServeInfo(**data)
     except (OSError, ValueError, TypeError):
         return None
-    return info if _alive(info.pid) else None
 
 
 def _alive(pid: object) -> bool:

@@ -215,10 +215,10 @@ async def test_gzip_members_are_all_decoded_and_bytes_after_the_stream_refused(
         state: Path) -> None:
     half = len(SAMPLE) // 2
     members = gzip.compress(SAMPLE[:half]) + gzip.compress(SAMPLE[half:])  # as gzip allows
+    junk_after = gzip.compress(sample(2)) + b"junk"
     async with running(state) as receiver:
         answers = [await post(receiver, body, headers={"Content-Encoding": encoding})
-                   for body, encoding in [(members, "gzip"),
-                                          (gzip.compress(sample(2)) + b"junk", "gzip"),
+                   for body, encoding in [(members, "gzip"), (junk_after, "gzip"),
                                           (zlib.compress(sample(3)) + b"junk", "deflate"),
                                           (b"", "gzip")]]
     assert [a.status for a in answers] == [200, 400, 400, 400]
@@ -226,7 +226,7 @@ async def test_gzip_members_are_all_decoded_and_bytes_after_the_stream_refused(
     assert rows[0].body == SAMPLE
     assert rows[1].reason == "the body has 4 bytes after the end of its gzip stream"
     assert rows[2].reason == "the body has 4 bytes after the end of its deflate stream"
-    assert rows[1].body == gzip.compress(sample(2)) + b"junk"  # kept as it came
+    assert rows[1].body == junk_after  # kept as it came
     assert rows[3].reason is not None and rows[3].reason.startswith("empty body")
 
 

@@ -728,3 +728,19 @@ def test_the_kept_password_goes_only_to_the_receiver_of_home(
     for other in ("https://127.0.0.2:8443/", "https://127.0.0.1:9443/", "http://127.0.0.1:8443/"):
         with pytest.raises(credentials.CredentialsError, match="no password for"):
             credentials.for_sender(None, None, None, state, other)
+
+
+async def test_a_receiver_killed_before_is_named_when_the_default_is_tried(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """serve killed with -9 leaves serve.json behind: send-sample says why it tries the
+    default port, not the port that receiver had."""
+    state = home.ensure_home(tmp_path / "home")
+    finished = subprocess.Popen(["true"])  # a pid that has surely ended
+    finished.wait()
+    home.write_serve_info(state, home.ServeInfo(
+        url="https://127.0.0.1:18443/", host="127.0.0.1", port=18443, pid=finished.pid,
+        user=USER, ca=None, started_at="2026-12-04T00:00:00Z"))
+    run = await send(capsys, state, "--timeout", "2", "-u", USER)
+    assert (f"the receiver at https://127.0.0.1:18443/ (pid {finished.pid}) has stopped; "
+            "trying https://127.0.0.1:8443/") in run.err

@@ -222,7 +222,13 @@ def _target(
     password_file: Path | None, cacert: Path | None, insecure: bool, allow_http: bool,
 ) -> Target:
     from ot_hook import credentials, sender
+    from ot_hook import home as home_files
 
+    if url is None and home_files.read_serve_info(state) is None:
+        gone = home_files.stopped_serve_info(state)
+        if gone is not None:  # else the user wonders why the port is not the one serve had
+            Terminal().status(f"the receiver at {printable(gone.url)} (pid {gone.pid}) has "
+                              f"stopped; trying {sender.DEFAULT_URL}")
     try:
         chosen_url = sender.check_url(url if url is not None else sender.default_url(state),
                                       allow_http=allow_http)
