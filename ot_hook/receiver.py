@@ -226,6 +226,9 @@ class DeliveryHandler:
         encoding = request.headers.get("Content-Encoding")
         if encoding is not None and refused is None:
             body, body_size, refused = decode_body(body, encoding, config.max_body)
+        transfer = request.headers.get("Transfer-Encoding")
+        if transfer is not None and refused is None:
+            refused = _transfer_coding_refused(transfer)
         delivery = Delivery(
             received_at=received_at,
             method=request.method,
@@ -389,6 +392,16 @@ def _decompress(data: bytes, wbits: int, limit: int) -> tuple[bytes, bytes | Non
         data = decoder.unused_data
         if not (wbits > zlib.MAX_WBITS and data.startswith(b"\x1f\x8b")):
             return out, data
+
+
+def _transfer_coding_refused(transfer: str) -> tuple[int, str] | None:
+    """aiohttp undoes only chunked: a body sent with another transfer coding (gzip,
+    chunked) comes still coded, and is refused by name rather than as invalid JSON."""
+    codings = [c.strip().lower() for c in transfer.split(",") if c.strip()]
+    if all(coding == "chunked" for coding in codings):
+        return None
+    return 400, (f"Transfer-Encoding {printable(transfer)!r} is not supported: send the "
+                 "body chunked or with a Content-Length (compressed: with Content-Encoding)")
 
 
 def _too_large(request: web.BaseRequest, max_body: int) -> str:

@@ -245,6 +245,22 @@ async def test_a_body_that_stops_halfway_gets_408_and_is_kept(state: Path) -> No
     assert (row.outcome, row.http_status, row.body) == ("rejected", 408, b'{"Id": 1, ')
 
 
+async def test_a_transfer_coding_other_than_chunked_is_refused_by_name(state: Path) -> None:
+    body = gzip.compress(sample(4))
+    async with running(state) as receiver:
+        reader, writer = await open_tls(receiver)
+        writer.write(b"POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + basic().encode()
+                     + b"\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                     + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+        status = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 400 ")
+    [row] = stored(state)
+    assert row.outcome == "rejected" and row.body == body
+    assert row.reason is not None and row.reason.startswith(
+        "Transfer-Encoding 'gzip, chunked' is not supported")
+
+
 async def test_a_body_shorter_than_its_content_length_is_kept_as_rejected(state: Path) -> None:
     async with running(state) as receiver:
         _, writer = await open_tls(receiver)
