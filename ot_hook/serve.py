@@ -413,8 +413,12 @@ def run(options: ServeOptions, stderr: TextIO) -> None:
     """Serve until a stop signal comes; return once everything is stored."""
 
     async def serve_until_stopped() -> None:
+        stop = asyncio.Event()
+        # Taken before serve.json says the receiver is up: a stop signal from then on is
+        # a clean stop (exit 0), not an interrupt of the start.
+        _on_stop_signal(stop.set)
         async with Receiver(options, stderr) as receiver:
-            await _stop_requested()
+            await stop.wait()
             receiver.log.line("Stopping: finishing deliveries in flight "
                               "(a second Ctrl-C stops at once)...")
             _on_stop_signal(receiver.stop_at_once)
@@ -428,12 +432,6 @@ def run(options: ServeOptions, stderr: TextIO) -> None:
 
 class StoppedAtOnce(Exception):
     """serve was stopped by a second signal, without waiting for deliveries in flight."""
-
-
-async def _stop_requested() -> None:
-    stop = asyncio.Event()
-    _on_stop_signal(stop.set)
-    await stop.wait()
 
 
 def _on_stop_signal(callback: Callable[[], object]) -> None:
