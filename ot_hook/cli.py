@@ -105,6 +105,9 @@ def _use_codes_file(path: str | None) -> None:
 
     from ot_hook import decode
 
+    if not Path(path).is_file():  # a setting that names no file: as --codes would (exit 2)
+        print(f"ot-hook: error: OT_HOOK_CODES: file {path!r} does not exist", file=sys.stderr)
+        raise typer.Exit(int(ExitCode.USAGE))
     try:
         codes.use(decode.load_tables(Path(path)))
     except decode.DecodeError as exc:

@@ -309,6 +309,10 @@ def test_user_codes_from_the_environment(capsys: pytest.CaptureFixture[str], tmp
     code, out, err = run(capsys, "5")
     assert (code, out) == (7, "")
     assert err.startswith("ot-hook: error: OT_HOOK_CODES: codes file") and err.count("\n") == 1
+    path.unlink()  # a setting that names no file is a bad setting, as --codes would be
+    code, out, err = run(capsys, "5")
+    assert (code, out) == (2, "")
+    assert err == f"ot-hook: error: OT_HOOK_CODES: file {str(path)!r} does not exist\n"
 
 
 def test_events_from_an_argument(capsys: pytest.CaptureFixture[str]) -> None:
