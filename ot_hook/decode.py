@@ -293,10 +293,12 @@ class Decoder:
     def events(self, lines: Iterable[str], source: str) -> Iterator[Event]:
         for value, text, line in iter_values(lines, source):
             items = value if isinstance(value, list) else (value,)
-            for item in items:
+            for index, item in enumerate(items, start=1):
                 if not isinstance(item, dict):
+                    where = f"item {index} of the array on line {line}" \
+                        if isinstance(value, list) else f"line {line}"
                     raise BadInput(
-                        f"{source} line {line}: expected an Audit Trail object, "
+                        f"{source} {where}: expected an Audit Trail object, "
                         f"got {json_type_name(item)}"
                     )
                 action = self._name(item, "action", source, line)

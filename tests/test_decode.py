@@ -181,7 +181,8 @@ def test_user_codes_decode_a_stream(tmp_path: Path) -> None:
         (f"{SAMPLE}\n" + '{"Id": 1,\n', "the input ends inside the value begun on line 2"),
         ('{"Id": NaN}', "from line 1: NaN is not a JSON number"),
         ("[" * 100_000, "nested too deeply"),
-        ("[1]", "<test> line 1: expected an Audit Trail object, got a number"),
+        ("[1]", "<test> item 1 of the array on line 1: expected an Audit Trail object, got a"),
+        ("[{}, 2]", "<test> item 2 of the array on line 1: expected an Audit Trail object"),
         ('"text"\n', "got a string"),
     ],
 )
