@@ -282,6 +282,9 @@ class Receiver:
             after_store=self._after_store if self.forwarder is not None else None,
             access_log=None,
             keepalive_timeout=options.idle_timeout,  # also covers half-sent request headers
+            # After refusing a request, aiohttp reads the rest of its body (10 s by default),
+            # so that the sender sees the answer: no longer than an idle connection is kept.
+            lingering_time=min(10.0, options.idle_timeout),
         )
         self._server = server
         self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_TIMEOUT)

@@ -245,6 +245,21 @@ async def test_a_body_that_stops_halfway_gets_408_and_is_kept(state: Path) -> No
     assert (row.outcome, row.http_status, row.body) == ("rejected", 408, b'{"Id": 1, ')
 
 
+async def test_a_refused_request_with_a_half_sent_body_is_closed_within_the_timeout(
+        state: Path) -> None:
+    """After a 401, aiohttp reads the rest of the body for up to 10 s (so the sender sees
+    the answer): never longer than --idle-timeout."""
+    async with running(state, idle_timeout=1.0) as receiver:
+        reader, writer = await open_tls(receiver)
+        writer.write(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 146\r\n\r\n"
+                     + sample(5)[:30])
+        answer = await asyncio.wait_for(reader.readline(), 5)
+        assert answer.startswith(b"HTTP/1.1 401")
+        assert await closed_by_server(reader, 4), "the connection lingered past the timeout"
+        writer.close()
+    assert stored(state) == []
+
+
 async def test_a_transfer_coding_other_than_chunked_is_refused_by_name(state: Path) -> None:
     body = gzip.compress(sample(4))
     async with running(state) as receiver:
