@@ -439,21 +439,28 @@ async def test_a_store_removed_while_serving_is_made_again(state: Path, removed:
     assert "STORE FAILING" not in err.getvalue()
 
 
+async def back_up_then_store_more(receiver: Receiver, state: Path) -> Path:
+    """Deliveries 1 to 3, a backup of the store with them (SQLite's backup API, as
+    `sqlite3 events.db .backup` makes one), then 4 to 6 in the store only."""
+    for n in range(1, 4):
+        assert (await post(receiver, sample(n))).status == 200
+    backup = state.parent / "backup.db"
+    source = sqlite3.connect(f"file:{state / 'events.db'}?mode=ro", uri=True)
+    target = sqlite3.connect(backup)
+    source.backup(target)
+    source.close()
+    target.close()
+    for n in range(4, 7):
+        assert (await post(receiver, sample(n))).status == 200
+    return backup
+
+
 async def test_a_backup_put_in_place_of_the_store_is_not_corrupted(state: Path) -> None:
     """`mv backup.db events.db` while serving: the old store's -wal must not be applied to the
     backup (SQLite would, and the file would be malformed with every 200 since lost)."""
     err = io.StringIO()
-    backup = state.parent / "backup.db"
     async with running(state, stderr=err) as receiver:
-        for n in range(1, 4):
-            assert (await post(receiver, sample(n))).status == 200
-        source = sqlite3.connect(f"file:{state / 'events.db'}?mode=ro", uri=True)
-        target = sqlite3.connect(backup)
-        source.backup(target)
-        source.close()
-        target.close()
-        for n in range(4, 7):  # in the old store only
-            assert (await post(receiver, sample(n))).status == 200
+        backup = await back_up_then_store_more(receiver, state)
         os.replace(backup, state / "events.db")
         assert (await post(receiver, sample(7))).status == 200
         assert await eventually(lambda: "removed or replaced" in err.getvalue())
@@ -471,17 +478,8 @@ async def test_a_backup_put_in_place_is_safe_to_open_before_the_next_delivery(
     second (said once), so prune, the sqlite3 shell or a restart that open the file then
     find the backup as it was, not the old store's log applied to it."""
     err = io.StringIO()
-    backup = state.parent / "backup.db"
     async with running(state, stderr=err) as receiver:
-        for n in range(1, 4):
-            assert (await post(receiver, sample(n))).status == 200
-        source = sqlite3.connect(f"file:{state / 'events.db'}?mode=ro", uri=True)
-        target = sqlite3.connect(backup)
-        source.backup(target)
-        source.close()
-        target.close()
-        for n in range(4, 7):  # in the old store only
-            assert (await post(receiver, sample(n))).status == 200
+        backup = await back_up_then_store_more(receiver, state)
         os.replace(backup, state / "events.db")
         assert await eventually(lambda: "removed or replaced" in err.getvalue())
         conn = sqlite3.connect(state / "events.db")  # as the sqlite3 shell would
