@@ -364,9 +364,8 @@ class Writer:
         """Whether the -wal or -shm this connection uses is gone from its path (`rm
         events.db-wal`): SQLite would go on writing to the removed log, which no other
         connection sees and a crash takes with it."""
-        return self._wal_identity is not None and (
-            file_identity(Path(f"{self.path}-wal")) != self._wal_identity
-            or file_identity(Path(f"{self.path}-shm")) != self._shm_identity)
+        return self._wal_identity is not None and \
+            log_identity(self.path) != (self._wal_identity, self._shm_identity)
 
     def _copy_in_removed_log(self) -> None:
         """Copy what the removed log holds into the store file, then let go of it: the next
@@ -379,8 +378,7 @@ class Writer:
         the old -shm: then that one copied it, and this one only lets go. TRUNCATE empties
         the old -wal, so only when it is no longer the file at the path."""
         assert self._conn is not None
-        wal_now = file_identity(Path(f"{self.path}-wal"))
-        shm_now = file_identity(Path(f"{self.path}-shm"))
+        wal_now, shm_now = log_identity(self.path)
         if not (shm_now == self._shm_identity and wal_now is not None):
             mode = "PASSIVE" if wal_now == self._wal_identity else "TRUNCATE"
             try:
