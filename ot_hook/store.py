@@ -309,16 +309,23 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
     return conn
 
 
+LOG_REMOVED = "-wal or -shm was removed"  # what a writer says when it followed a new log
+
+
 class Writer:
     """A connection that may write, and that notices when its file is removed or replaced:
     writing on to a deleted file would answer 200 for deliveries nobody can read. It connects
     when first used, and again after such a change (`on_replaced` is told why)."""
 
     def __init__(self, path: Path, max_pages: int | None = None,
-                 on_replaced: Callable[[str], None] | None = None) -> None:
+                 on_replaced: Callable[[str], None] | None = None,
+                 log_copied_in: Callable[[], bool] | None = None) -> None:
         self.path = path
         self.max_pages = max_pages
         self.on_replaced = on_replaced
+        # None: this connection copies a removed log into the store itself (serve's writer
+        # process). Else it only lets go of the old log once this says the copier has.
+        self.log_copied_in = log_copied_in
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
         self._wal_identity: tuple[int, int] | None = None
@@ -333,8 +340,15 @@ class Writer:
             said = (f"{self.path} was removed or replaced: storing in the file now there "
                     "(what was stored before is not in it)")
         elif self._conn is not None and self._log_removed():
-            self._copy_in_removed_log()
-            said = (f"{self.path.name}-wal or -shm was removed while serve ran: what the "
+            if self.log_copied_in is None:
+                self._copy_in_removed_log()
+            elif self.log_copied_in():
+                self.close()  # the old log is copied in and empty: nothing to lose
+                self._wal_identity = self._shm_identity = None
+            else:
+                raise StoreError(f"the store's log {self.path}-wal was removed: waiting for "
+                                 "serve's writer to copy it into the store")
+            said = (f"{self.path.name}{LOG_REMOVED} while serve ran: what the "
                     f"removed log held was copied into {self.path.name} first, and a new log "
                     "begun (leave them be while serve runs: they hold the latest deliveries)")
         try:
@@ -370,29 +384,33 @@ class Writer:
     def _copy_in_removed_log(self) -> None:
         """Copy what the removed log holds into the store file, then let go of it: the next
         connection begins a new log at the log's path (closed first: SQLite shares one -shm
-        among a process's connections to a file, and the new log needs a new one). Closing
-        cannot delete the new -wal while serve's other connection holds the store open.
+        among a process's connections to a file, and the new log needs a new one).
 
-        The copy goes through the old -shm, the index of the old -wal, which only serve's
-        own connections share, unless one of them has already begun the new log beside
-        the old -shm: then that one copied it, and this one only lets go. TRUNCATE empties
-        the old -wal, so only when it is no longer the file at the path."""
+        The copy goes through the old -shm, the index of the old -wal. Only this connection
+        copies (serve's other one waits for it, see `log_copied_in`), so the index still
+        describes the old -wal whatever a reader opened meanwhile. TRUNCATE empties the old
+        -wal and resets the index, for the connections that pair the old -shm with a new
+        -wal; only when the old -wal is no longer the file at the path."""
         assert self._conn is not None
-        wal_now, shm_now = log_identity(self.path)
-        if not (shm_now == self._shm_identity and wal_now is not None):
-            mode = "PASSIVE" if wal_now == self._wal_identity else "TRUNCATE"
-            try:
-                busy, log, copied = self._conn.execute(
-                    f"PRAGMA wal_checkpoint({mode})").fetchone()
-            except sqlite3.Error as exc:
-                raise StoreError(f"the store's log {self.path}-wal was removed, and what "
-                                 f"it held cannot be copied into the store: {exc}") from None
-            if busy or log != copied:  # closing now would lose what is not copied
-                raise StoreError(f"the store's log {self.path}-wal was removed, and a "
-                                 "reader still holds it: it is copied into the store once "
-                                 "the reader lets go")
+        wal_now, _ = log_identity(self.path)
+        mode = "PASSIVE" if wal_now == self._wal_identity else "TRUNCATE"
+        try:
+            busy, log, copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"the store's log {self.path}-wal was removed, and what it held "
+                             f"cannot be copied into the store: {exc}") from None
+        if busy or log != copied:  # closing now would lose what is not copied
+            raise StoreError(f"the store's log {self.path}-wal was removed, and a reader "
+                             "still holds it: it is copied into the store once the reader "
+                             "lets go")
         self.close()
         self._wal_identity = self._shm_identity = None
+
+    def log_removed(self) -> bool:
+        """Whether this connection's -wal or -shm was removed from its path, the store file
+        itself still being the one it writes."""
+        return self._conn is not None and file_identity(self.path) == self._identity \
+            and self._log_removed()
 
     def _remove_old_log(self) -> None:
         """A file put in place of the store (a backup, say) must not be read through the old

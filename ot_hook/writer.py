@@ -54,6 +54,7 @@ from ot_hook.events import (
 )
 from ot_hook.store import (
     LAST_ROW_SQL,
+    LOG_REMOVED,
     Delivery,
     Outcome,
     Saved,
@@ -62,6 +63,7 @@ from ot_hook.store import (
     Writer,
     file_identity,
     first_accepted_sql,
+    log_identity,
 )
 
 if TYPE_CHECKING:
@@ -339,10 +341,15 @@ class Store:
         self._progress_at = 0.0  # the last answer, or the first delivery to wait since
         self._stopped_at = 0.0
         self._replaced_by: tuple[object, ...] | None = None  # the change said last
+        # The -wal and -shm that the writer process began after copying a removed log in:
+        # this process's connection lets go of the old log only then (see store.Writer).
+        self._copied_log: tuple[object, ...] | None = None
+        self._touches: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def open(self) -> None:
         """Create or migrate the store, then start the writer; raises StoreError."""
-        self._job_writer = Writer(self.path, self.max_pages, self._replaced)
+        self._job_writer = Writer(self.path, self.max_pages, self._replaced,
+                                  log_copied_in=self._log_copied_in)
         self._job_writer.connect()
         self._jobs = ThreadPoolExecutor(1, thread_name_prefix="ot-hook-store")
         self._start_writer()
@@ -359,11 +366,37 @@ class Store:
     async def follow_replacement(self) -> None:
         """Move to the file now at the store's path, when it was replaced, setting the old
         file's log aside: nothing may open the new file through it (SQLite would apply the
-        old log to it, and damage it). Raises `StoreUnavailable` when it is no store."""
-        if self.replaced():
-            await self.run(lambda conn: None)
+        old log to it, and damage it). A removed log is copied in by the writer process
+        first. Raises `StoreUnavailable` when it is no store."""
+        if not self.replaced():
+            return
+        assert self._job_writer is not None
+        if self._job_writer.log_removed() and not self._log_copied_in():
+            await self._touch()
+        await self.run(lambda conn: None)
+
+    def _log_copied_in(self) -> bool:
+        return self._copied_log is not None and self._copied_log == log_identity(self.path)
+
+    async def _touch(self) -> None:
+        """Have the writer process run a transaction with no rows (it copies in a removed
+        log when it begins one), and wait for its answer."""
+        import asyncio
+
+        if self._sock is None:
+            self._restart()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._attach(loop)
+        future: asyncio.Future[None] = loop.create_future()
+        self._touches.append(future)
+        self._outbox += frame([])
+        self._send()
+        await future
 
     def _replaced(self, message: str) -> None:
+        if LOG_REMOVED in message:
+            self._copied_log = log_identity(self.path)
         # Both writers (this process's and the writer process) notice a change, and each
         # says it once it has a log in the new place: say it once for that file and log.
         now = (message, file_identity(self.path), file_identity(Path(f"{self.path}-wal")))
@@ -438,12 +471,15 @@ class Store:
 
     def close(self) -> None:
         """Send what is left, let the writer commit it and stop, then close the file."""
-        if self._jobs is not None and self._job_writer is not None \
-                and self._job_writer.replaced():
-            # Follow a removed log while the writer process holds the store open: this
-            # connection, closed last on the old log, would delete the new -wal with it.
-            with contextlib.suppress(StoreError, sqlite3.Error):
-                self._jobs.submit(self._job_writer.connect).result()
+        job = self._job_writer
+        if self._jobs is not None and job is not None and job.log_removed():
+            # Let go of a removed log while the writer process holds the store: closed last
+            # on it, this connection would delete the new -wal. The writer process copies
+            # the old log in as it stops.
+            self._jobs.submit(job.close).result()
+        elif self._jobs is not None and job is not None and job.replaced():
+            with contextlib.suppress(StoreError, sqlite3.Error):  # see follow_replacement
+                self._jobs.submit(job.connect).result()
         if self._sock is not None:
             self._finish_writer()
         if self._jobs is not None:
@@ -512,6 +548,12 @@ class Store:
         count, saved, error, notice = answer
         if notice is not None:
             self._replaced(notice)
+        if count == 0:  # the answer to a `_touch`
+            if self._touches and not self._touches[0].done():
+                self._touches[0].set_result(None)
+            if self._touches:
+                self._touches.popleft()
+            return
         for index in range(count):
             future = self._waiting.popleft()
             if future.done():  # the request went away; the row is stored all the same
@@ -536,6 +578,10 @@ class Store:
         self._stopped_at = time.monotonic()
         how = "" if status is None else f" (exit status {status})"
         error = StoreUnavailable(f"the store's writer stopped{how}")
+        while self._touches:
+            touch = self._touches.popleft()
+            if not touch.done():
+                touch.set_exception(error)
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
@@ -616,12 +662,15 @@ class _Inbox:
             while self._open and len(rows) + len(self._waiting) < max_batch \
                     and self._take(block=False):  # take what else has come, without waiting
                 pass
+            touched = any(not batch for batch in self._waiting)
             for batch in self._waiting:
                 rows.extend(batch)
             self._waiting.clear()
             if rows:
                 yield rows[:max_batch]
                 del rows[:max_batch]
+            if touched:  # the receiver asks for a transaction with no rows: see Store._touch
+                yield []
 
 
 def main(argv: list[str]) -> None:
@@ -641,6 +690,8 @@ def main(argv: list[str]) -> None:
                 sock.sendall(frame(commit(writer, rows, numbering)))
             except OSError:  # the receiver is gone; what it sent is committed
                 break
+    with contextlib.suppress(StoreError, sqlite3.Error):
+        writer.connect()  # a log removed since the last batch is copied in, not lost
     writer.close()
 
 
