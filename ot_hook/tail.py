@@ -347,45 +347,92 @@ def _deliveries(
         status(f"following {spec.path} (Ctrl-C to stop)")
         identity, log = store.file_identity(spec.path), store.log_identity(spec.path)
         next_recheck = clock() + spec.recheck_interval
+        failing_since: float | None = None  # when reads began to fail with an I/O error
         while not stop():
             sleep(spec.poll_interval)
-            changed = _data_version(conn) != version
-            if clock() >= next_recheck:
-                next_recheck = clock() + spec.recheck_interval
-                if store.file_identity(spec.path) == identity \
-                        and store.log_identity(spec.path) != log:
-                    # Its -wal or -shm removed: this connection would read the old log
-                    # for ever, and see nothing serve writes to the new one.
-                    conn.close()
-                    conn = store.open_for_reading(spec.path)
-                    log = store.log_identity(spec.path)
+            try:
+                changed = _data_version(conn) != version
+                if clock() >= next_recheck:
+                    next_recheck = clock() + spec.recheck_interval
+                    if store.file_identity(spec.path) == identity \
+                            and store.log_identity(spec.path) != log:
+                        # Its -wal or -shm removed: this connection would read the old log
+                        # for ever, and see nothing serve writes to the new one.
+                        conn, log = _reopen(spec, conn, sleep, clock() + IO_ERROR_PATIENCE,
+                                            clock)
+                        changed = True
+                    elif store.file_identity(spec.path) != identity:  # deleted or replaced
+                        conn.close()
+                        status(f"the store {spec.path} was replaced; following the new one")
+                        reopened = _wait_for_store(spec, status, stop, sleep)
+                        if reopened is None:
+                            return
+                        conn = reopened
+                        seen, relays_seen, changed = 0, None, True
+                        identity = store.file_identity(spec.path)
+                        log = store.log_identity(spec.path)
+                    at = marks(conn)  # a safety net; cheap
+                    changed = changed or at.row != seen or (
+                        spec.relays and at.attempt != relays_seen)
+                if failing_since is not None:
+                    failing_since = None
+                    status(f"reading {spec.path} again")
                     changed = True
-                elif store.file_identity(spec.path) != identity:  # deleted or replaced
-                    conn.close()
-                    status(f"the store {spec.path} was replaced; following the new one")
-                    reopened = _wait_for_store(spec, status, stop, sleep)
-                    if reopened is None:
-                        return
-                    conn = reopened
-                    seen, relays_seen, changed = 0, None, True
-                    identity, log = store.file_identity(spec.path), store.log_identity(spec.path)
-                at = marks(conn)  # a safety net; cheap
-                changed = changed or at.row != seen or (spec.relays and at.attempt != relays_seen)
-            if not changed:
+                if not changed:
+                    continue
+                version = _data_version(conn)  # before reading: nothing committed after is lost
+                at = marks(conn)
+                # Read whole, then shown: a read that fails halfway shows nothing twice.
+                found = between(conn, spec.filters, seen, at.row)
+                shown: list[Shown] = []
+                if spec.relays and at.attempt is not None:
+                    after = relays_seen or 0
+                    shown.extend(interleave(found, attempts_between(conn, spec.filters, after,
+                                                                    at.attempt)))
+                else:
+                    shown.extend(found)
+            except sqlite3.Error as exc:
+                # A store whose -wal was just removed reads as "disk I/O error" until serve
+                # has copied the old log in (a second or so): wait for that, not for damage.
+                if not _io_error(exc) or (failing_since is not None
+                                          and clock() - failing_since > IO_ERROR_PATIENCE):
+                    raise
+                if failing_since is None:
+                    failing_since = clock()
+                    status(f"cannot read {spec.path} now ({exc}); trying again")
+                conn, log = _reopen(spec, conn, sleep, failing_since + IO_ERROR_PATIENCE,
+                                    clock)
                 continue
-            version = _data_version(conn)  # before reading: nothing committed after is lost
-            at = marks(conn)
-            found = between(conn, spec.filters, seen, at.row)
-            if spec.relays and at.attempt is not None:
-                after = relays_seen or 0
-                yield from interleave(found, attempts_between(conn, spec.filters, after,
-                                                              at.attempt))
-                relays_seen = at.attempt
-            else:
-                yield from found
+            yield from shown
             seen = at.row
+            if spec.relays and at.attempt is not None:
+                relays_seen = at.attempt
     finally:
         conn.close()
+
+
+IO_ERROR_PATIENCE = 10.0  # seconds of "disk I/O error" before tail -f gives up
+
+
+def _io_error(exc: sqlite3.Error) -> bool:
+    return str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_IOERR")
+
+
+def _reopen(spec: Follow, conn: sqlite3.Connection, sleep: Callable[[float], None],
+            give_up_at: float, clock: Callable[[], float]) -> tuple[sqlite3.Connection, Any]:
+    """A new reader of the store and the log it reads. The old one is closed first: SQLite
+    shares one -shm among a process's connections to a file, and the new log needs its
+    own. Raises StoreError when none can be opened by `give_up_at`."""
+    conn.close()
+    while True:
+        try:
+            fresh = store.open_for_reading(spec.path)
+        except store.StoreError:
+            if clock() >= give_up_at:
+                raise
+            sleep(spec.wait_interval)
+            continue
+        return fresh, store.log_identity(spec.path)
 
 
 def _wait_for_store(

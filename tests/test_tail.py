@@ -474,8 +474,9 @@ async def test_following_survives_a_receiver_restart(
     assert code == 130 and "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("removed", [("-wal", "-shm"), ("-wal",)])
 async def test_following_goes_on_after_the_stores_log_is_removed(
-    receiver: Receiver, state: Path, tail_process: list[TailProcess]
+    receiver: Receiver, state: Path, tail_process: list[TailProcess], removed: tuple[str, ...]
 ) -> None:
     """`rm events.db-wal events.db-shm` while serve and tail run: serve begins a new log,
     and tail, which read the old one, reads the new one (else it would show nothing more)."""
@@ -484,7 +485,7 @@ async def test_following_goes_on_after_the_stores_log_is_removed(
     await wait_ready(follower)
     await post(receiver, sample(60))
     assert (await follower.next_json())["event"]["Id"] == 60
-    for suffix in ("-wal", "-shm"):
+    for suffix in removed:
         (state / f"events.db{suffix}").unlink()
     for event_id in (61, 62):
         await post(receiver, sample(event_id))
