@@ -381,13 +381,7 @@ class Store:
     async def _touch(self) -> None:
         """Have the writer process run a transaction with no rows (it copies in a removed
         log when it begins one), and wait for its answer."""
-        import asyncio
-
-        if self._sock is None:
-            self._restart()
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._attach(loop)
+        loop = self._talking()
         future: asyncio.Future[None] = loop.create_future()
         self._touches.append(future)
         self._outbox += frame([])
@@ -425,15 +419,9 @@ class Store:
 
     async def save(self, delivery: Delivery) -> Saved:
         """Commit `delivery` durably and say how it was stored; raises `StoreUnavailable`."""
-        import asyncio  # here: tail and prune read the store without an event loop
-
         if self._jobs is None:
             raise StoreUnavailable("the store is closed")
-        if self._sock is None:
-            self._restart()
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._attach(loop)
+        loop = self._talking()
         future: asyncio.Future[Saved] = loop.create_future()
         if not self._waiting:
             self._progress_at = time.monotonic()
@@ -490,6 +478,18 @@ class Store:
             self._job_writer = None
 
     # Talking to the writer, on the event loop: non-blocking sends, answers as they come.
+    def _talking(self) -> asyncio.AbstractEventLoop:
+        """The running loop, listening to a writer process (started again if it stopped);
+        raises StoreUnavailable."""
+        import asyncio  # here: tail and prune read the store without an event loop
+
+        if self._sock is None:
+            self._restart()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._attach(loop)
+        return loop
+
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._detach()
         self._loop = loop

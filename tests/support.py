@@ -10,6 +10,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -244,3 +245,15 @@ def http_app(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]
     finally:
         server.shutdown()
         server.server_close()
+
+
+def back_up(state: Path) -> Path:
+    """A backup of the store beside the state directory, made with SQLite's backup API (as
+    `sqlite3 events.db .backup` makes one) while serve runs."""
+    backup = state.parent / "backup.db"
+    source = sqlite3.connect(f"file:{state / home.STORE}?mode=ro", uri=True)
+    target = sqlite3.connect(backup)
+    source.backup(target)
+    source.close()
+    target.close()
+    return backup

@@ -29,6 +29,7 @@ from ot_hook import home, serve
 from ot_hook.events import InvalidDelivery, parse_body
 from ot_hook.serve import Receiver
 from tests.support import (
+    back_up,
     basic,
     ot_hook_command,
     post,
@@ -441,16 +442,10 @@ async def test_a_store_removed_while_serving_is_made_again(state: Path, removed:
 
 
 async def back_up_then_store_more(receiver: Receiver, state: Path) -> Path:
-    """Deliveries 1 to 3, a backup of the store with them (SQLite's backup API, as
-    `sqlite3 events.db .backup` makes one), then 4 to 6 in the store only."""
+    """Deliveries 1 to 3, a backup of the store with them, then 4 to 6 in the store only."""
     for n in range(1, 4):
         assert (await post(receiver, sample(n))).status == 200
-    backup = state.parent / "backup.db"
-    source = sqlite3.connect(f"file:{state / 'events.db'}?mode=ro", uri=True)
-    target = sqlite3.connect(backup)
-    source.backup(target)
-    source.close()
-    target.close()
+    backup = back_up(state)
     for n in range(4, 7):
         assert (await post(receiver, sample(n))).status == 200
     return backup

@@ -26,7 +26,7 @@ from ot_hook import home, render, store, tail
 from ot_hook.cli import main
 from ot_hook.serve import Receiver
 from ot_hook.terminal import Terminal
-from tests.support import ot_hook_command, post, running, sample
+from tests.support import back_up, ot_hook_command, post, running, sample
 
 LINE_TIMEOUT = 10  # seconds to wait for one line from a following tail
 INJECTION = "[red]boom[/red] [link=https://evil.example]click[/link] \x1b[2J\x1b]0;pwned\x07"
@@ -502,12 +502,7 @@ async def test_following_goes_on_after_a_backup_is_moved_in_place(
     await wait_ready(follower)
     await post(receiver, sample(70))
     assert (await follower.next_json())["event"]["Id"] == 70
-    backup = state.parent / "backup.db"
-    source = sqlite3.connect(f"file:{state / 'events.db'}?mode=ro", uri=True)
-    target = sqlite3.connect(backup)
-    source.backup(target)
-    source.close()
-    target.close()
+    backup = back_up(state)
     await post(receiver, sample(71))  # in the old store only
     assert (await follower.next_json())["event"]["Id"] == 71
     os.replace(backup, state / "events.db")
